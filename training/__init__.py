@@ -1,0 +1,1 @@
+"""Accelerate training recipes and their losses."""
