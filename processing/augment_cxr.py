@@ -1,0 +1,174 @@
+"""Weak and strong image augmentations of the relaxed-CLIP paper (paper 002, supplement §1.1) for grey radiographs.
+
+Weak (WA): rotation in (-20, 20) degrees, resized crop with area scale (0.8, 1.0) and aspect ratio (0.9, 1.1),
+horizontal flip (p = 0.5), brightness and contrast factors in (0.5, 2). No hue or saturation change: radiographs
+are monochrome. Strong (SA): the same with rotation (-30, 30), scale (0.7, 1.0) and ratio (0.8, 1.2).
+
+They work on `pixel_values` as the image processor returns them, (C, H, W) or (B, C, H, W) tensors: given the
+processor's `image_mean` / `image_std`, values are brought back to the [0, 1] display scale, augmented there (so
+brightness and contrast act as on an image, and rotation fills with black), and normalised again. Applying them
+after the processor matters because `CXRImageProcessor` min-max rescales each image, which would undo a brightness
+or contrast change made before it. Randomness comes from an explicit `torch.Generator`; `sample_params` and
+`apply` are separate so one draw can be replayed.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+
+@dataclass(frozen=True)
+class AugmentationParams:
+    """One draw: rotation angle (degrees), crop box (top, left, height, width) in pixels, flip, brightness and
+    contrast factors (applied in that order)."""
+
+    angle: float
+    crop: tuple[int, int, int, int]
+    flip: bool
+    brightness: float
+    contrast: float
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def sample_resized_crop(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator | None
+) -> tuple[int, int, int, int]:
+    """Crop box (top, left, h, w) of a random resized crop: area fraction ~ U(scale), log aspect ratio w/h ~
+    U(log ratio), up to 10 tries, else the central crop with the ratio clamped (torchvision's RandomResizedCrop rule)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * _uniform(scale[0], scale[1], generator)
+        aspect = math.exp(_uniform(log_ratio[0], log_ratio[1], generator))
+        crop_w = round(math.sqrt(target_area * aspect))
+        crop_h = round(math.sqrt(target_area / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(torch.randint(0, height - crop_h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - crop_w + 1, (), generator=generator))
+            return top, left, crop_h, crop_w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_w, crop_h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        crop_h, crop_w = height, round(height * ratio[1])
+    else:
+        crop_w, crop_h = width, height
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+class CXRAugmentation:
+    """Random rotation -> resized crop (back to the input size) -> horizontal flip -> brightness -> contrast.
+
+    Args:
+        rotation: (min, max) angle in degrees.
+        scale: (min, max) crop area as a fraction of the image.
+        ratio: (min, max) crop aspect ratio w/h.
+        flip_probability: probability of a horizontal flip.
+        brightness, contrast: (min, max) multiplicative factors (1 = unchanged).
+        image_mean, image_std: per-channel normalisation of the input `pixel_values`; None when the input is
+            already on the [0, 1] display scale.
+    """
+
+    def __init__(
+        self,
+        rotation: tuple[float, float],
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        flip_probability: float = 0.5,
+        brightness: tuple[float, float] = (0.5, 2.0),
+        contrast: tuple[float, float] = (0.5, 2.0),
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+    ):
+        for name, (low, high) in (("rotation", rotation), ("scale", scale), ("ratio", ratio),
+                                  ("brightness", brightness), ("contrast", contrast)):
+            if low > high:
+                raise ValueError(f"CXRAugmentation.{name} must be (min, max) with min <= max, got {(low, high)}.")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"CXRAugmentation.scale is an area fraction in (0, 1], got {scale}.")
+        if (image_mean is None) != (image_std is None):
+            raise ValueError("CXRAugmentation needs both image_mean and image_std, or neither.")
+        self.rotation, self.scale, self.ratio = rotation, scale, ratio
+        self.flip_probability = flip_probability
+        self.brightness, self.contrast = brightness, contrast
+        self.image_mean, self.image_std = image_mean, image_std
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(rotation={self.rotation}, scale={self.scale}, ratio={self.ratio}, "
+            f"flip_probability={self.flip_probability}, brightness={self.brightness}, contrast={self.contrast})"
+        )
+
+    def sample_params(self, height: int, width: int, generator: torch.Generator | None = None) -> AugmentationParams:
+        """Draw one set of parameters for an image of `height` x `width`."""
+        return AugmentationParams(
+            angle=_uniform(*self.rotation, generator),
+            crop=sample_resized_crop(height, width, self.scale, self.ratio, generator),
+            flip=bool(torch.rand((), generator=generator).item() < self.flip_probability),
+            brightness=_uniform(*self.brightness, generator),
+            contrast=_uniform(*self.contrast, generator),
+        )
+
+    def apply(self, image: torch.Tensor, params: AugmentationParams) -> torch.Tensor:
+        """Augment one (C, H, W) image with given parameters; same shape and scale out."""
+        if image.ndim != 3:
+            raise ValueError(f"CXRAugmentation.apply expects one (C, H, W) image, got shape {tuple(image.shape)}.")
+        height, width = image.shape[-2:]
+        display = self._to_display(image)
+        display = TF.rotate(display, params.angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+        display = TF.resized_crop(display, *params.crop, size=[height, width], antialias=True)
+        if params.flip:
+            display = TF.horizontal_flip(display)
+        display = TF.adjust_brightness(display, params.brightness)
+        display = TF.adjust_contrast(display, params.contrast)
+        return self._from_display(display)
+
+    def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment (C, H, W) or (B, C, H, W) `pixel_values`, each image with its own draw."""
+        if pixel_values.ndim == 3:
+            return self.apply(pixel_values, self.sample_params(*pixel_values.shape[-2:], generator))
+        if pixel_values.ndim != 4:
+            raise ValueError(f"CXRAugmentation expects (C, H, W) or (B, C, H, W), got shape {tuple(pixel_values.shape)}.")
+        return torch.stack([self(image, generator) for image in pixel_values])
+
+    def _stats(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+        if mean.shape[0] not in (1, image.shape[0]):
+            raise ValueError(
+                f"CXRAugmentation has {mean.shape[0]} image_mean values for a {image.shape[0]}-channel image."
+            )
+        return mean, std
+
+    def _to_display(self, image: torch.Tensor) -> torch.Tensor:
+        if self.image_mean is None:
+            return image
+        mean, std = self._stats(image)
+        return image * std + mean
+
+    def _from_display(self, image: torch.Tensor) -> torch.Tensor:
+        if self.image_mean is None:
+            return image
+        mean, std = self._stats(image)
+        return (image - mean) / std
+
+
+def weak_augmentation(image_mean: list[float] | None = None, image_std: list[float] | None = None) -> CXRAugmentation:
+    """The paper's weak augmentation (WA): rotation (-20, 20), crop scale (0.8, 1.0), ratio (0.9, 1.1), flip,
+    brightness and contrast (0.5, 2)."""
+    return CXRAugmentation((-20.0, 20.0), (0.8, 1.0), (0.9, 1.1), image_mean=image_mean, image_std=image_std)
+
+
+def strong_augmentation(image_mean: list[float] | None = None, image_std: list[float] | None = None) -> CXRAugmentation:
+    """The paper's strong augmentation (SA): rotation (-30, 30), crop scale (0.7, 1.0), ratio (0.8, 1.2), flip,
+    brightness and contrast (0.5, 2)."""
+    return CXRAugmentation((-30.0, 30.0), (0.7, 1.0), (0.8, 1.2), image_mean=image_mean, image_std=image_std)
+
+
+__all__ = ["AugmentationParams", "CXRAugmentation", "sample_resized_crop", "strong_augmentation", "weak_augmentation"]
