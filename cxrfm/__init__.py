@@ -1,26 +1,35 @@
 """cxrfm: chest X-ray foundation models as Hugging Face models.
 
-``cxrfm.modeling`` and ``cxrfm.processing`` register every model family with the transformers
-Auto classes on import, so ``AutoModel.from_pretrained(folder)`` resolves to the installed code
-(the library route); folders saved by cxrfm also carry their own code for ``trust_remote_code``
-(the Hub route). The top-level names below are imported lazily so ``import cxrfm.evaluation``
-does not pay for torch model code.
+``import cxrfm`` registers every model family, the image processor, the CLIP processor and the
+``cxr-classification`` / ``cxr-zero-shot-classification`` pipelines with transformers, so
+``AutoModel.from_pretrained(folder)`` and ``pipeline(task, model=folder)`` resolve to the installed
+code (the library route). Folders saved by cxrfm also carry their own code for
+``trust_remote_code=True`` where cxrfm is not installed (the Hub route).
 """
-
-import importlib
 
 __version__ = "0.1.0.dev0"
 
-_LAZY = {
-    "CheXFoundConfig": "cxrfm.modeling",
-    "CheXFoundModel": "cxrfm.modeling",
-    "CXRImageProcessor": "cxrfm.processing",
-}
+from .modeling import (  # noqa: E402
+    CheXFoundConfig,
+    CheXFoundModel,
+    GLoRIConfig,
+    GLoRIForMultiLabel,
+    RelaxedCLIPConfig,
+    RelaxedCLIPModel,
+)
+from .processing import CXRImageProcessor  # noqa: E402
+from .processing.processing_clip import CXRCLIPProcessor  # noqa: E402
+from . import pipelines as _pipelines  # noqa: E402,F401  (registers cxr-classification)
+from .evaluation import zero_shot as _zero_shot  # noqa: E402,F401  (registers cxr-zero-shot-classification)
 
-__all__ = [*_LAZY, "__version__"]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cxrfm' has no attribute {name!r}")
+__all__ = [
+    "CXRCLIPProcessor",
+    "CXRImageProcessor",
+    "CheXFoundConfig",
+    "CheXFoundModel",
+    "GLoRIConfig",
+    "GLoRIForMultiLabel",
+    "RelaxedCLIPConfig",
+    "RelaxedCLIPModel",
+    "__version__",
+]

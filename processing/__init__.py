@@ -1,18 +1,8 @@
 """Image and report processing: the CXR image processor, report text, dataset loaders.
 
-Names are imported lazily so that ``cxrfm.processing.datasets`` and ``cxrfm.processing.text``
-do not import the image-processing stack; accessing ``CXRImageProcessor`` registers it with
-``AutoImageProcessor``.
+Importing ``image_processing_cxr`` registers ``CXRImageProcessor`` with ``AutoImageProcessor``.
 """
 
-import importlib
+from .image_processing_cxr import CXRImageProcessor, load_cxr_image, read_dicom
 
-_LAZY = {"CXRImageProcessor": ".image_processing_cxr"}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["CXRImageProcessor", "load_cxr_image", "read_dicom"]
