@@ -22,6 +22,12 @@ REQUIRED_IN_WHEEL = [
     "cxrfm/processing/image_processing_cxr.py",
     "cxrfm/processing/datasets/__init__.py",
     "cxrfm/training/__init__.py",
+    # data files read at run time
+    "cxrfm/training/configs/glori_tiny.yaml",
+    "cxrfm/training/configs/finetune_clip_tiny.yaml",
+    "cxrfm/training/configs/accelerate/fsdp2.yaml",
+    "cxrfm/model_cards/cxrfm_model_card.md",
+    "cxrfm/evaluation/multilabel_auroc/multilabel_auroc.py",
 ]
 
 
