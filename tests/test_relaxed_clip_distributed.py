@@ -83,7 +83,7 @@ def test_two_process_losses_and_gradients_match_full_batch(tmp_path):
         _worker, args=(str(tmp_path / "rendezvous"), str(tmp_path), inputs, weights), nprocs=WORLD_SIZE,
         start_method="fork",
     )
-    per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    per_rank = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
     for objective in OBJECTIVES:
         full_loss, full_grads = loss_and_grads(objective, inputs, weights)
         for mode in ("local", "global"):

@@ -125,7 +125,7 @@ def test_saved_model_and_processor_load_as_remote_code_without_cxrfm(tokenizer, 
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected)
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt", weights_only=True), expected)
 
 
 # ------------------------------------------------------------------------------------------ augmentations
