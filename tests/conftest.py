@@ -15,6 +15,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _single_thread():
+    """Test tensors are tiny: one intra-op thread is several times faster than two spinning threads on the
+    2-core CI machine, and it makes float reductions run in one fixed order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -18,15 +18,6 @@ from cxrfm.modeling.chexfound.modeling_glori import (
 LABELS = {0: "Cardiomegaly", 1: "Edema", 2: "Pleural Effusion"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is several times faster (no spinning threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> GLoRIConfig:
     backbone = CheXFoundConfig.from_preset("tiny", num_hidden_layers=4, image_size=32, patch_size=8)
     return GLoRIConfig(backbone_config=backbone, decoder_dim=8, num_heads=2, ffn_dim=16, id2label=LABELS, **overrides)

@@ -22,15 +22,6 @@ from cxrfm.visualization import overlay_attention, save_attention_overlays, upsa
 LABELS = {0: "Cardiomegaly", 1: "Edema", 2: "Pleural Effusion"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is several times faster (no spinning threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_and_processor():
     torch.manual_seed(0)

@@ -19,15 +19,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 LABELS = ["Support Devices", "Pleural Effusion", "Cardiomegaly", "Edema"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is several times faster (no spinning threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Phantom set (64 px, frontal only) on disk and a random tiny backbone: 4 blocks, patch 8 (8 x 8 grid), width 96
