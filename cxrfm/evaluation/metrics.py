@@ -2,8 +2,8 @@
 
 CheXFound (paper 001, Sec. IV-B "Experimental Design") reports, per finding and averaged over findings (macro),
 the area under the ROC curve (AUROC) and the area under the precision-recall curve (AUPRC), with 95% confidence
-intervals "over 1,000 bootstrapped samples". The official repository has no statistics code (notes in
-../shared/reference/chexfound_dinov2.md §5), so the protocol is implemented here from the paper:
+intervals "over 1,000 bootstrapped samples". The official repository (RPIDIAL/CheXFound) has no statistics
+code, so the protocol is implemented here from the paper:
 
 - resampling unit = image: one resample draws N images with replacement and every class sees the same draw
   (paired across classes), so the macro interval reflects the correlation between findings;

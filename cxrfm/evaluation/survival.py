@@ -3,7 +3,7 @@
 CheXFound (paper 001, Sec. V-B, Fig. 5) splits the PLCO test cohort into low- and high-risk groups "based on the
 model prediction", draws Kaplan-Meier curves with 95% confidence bands, compares them with a log-rank test and
 reports the end-point survival of each group (78.4% vs 38.4%). The official code only exports the per-image
-probabilities (../shared/reference/chexfound_dinov2.md §5), so the split rule is an argument here: by default
+probabilities (RPIDIAL/CheXFound `eval/classification/linear_glori.py`), so the split rule is an argument here: by default
 the median of the scores (two groups); quantiles or fixed thresholds (e.g. taken from a validation set) give
 more groups.
 

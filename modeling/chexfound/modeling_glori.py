@@ -2,7 +2,7 @@
 
 Paper: CheXFound, arXiv 2502.05142, §III-C (Eq. 1-2) and §IV-B2. The head follows the official code
 (RPIDIAL/CheXFound `chexfound/eval/classification/glori.py`, an ML-Decoder-style single-layer query decoder) so that
-its released weights load unchanged (`convert_glori_checkpoint`); facts in shared/reference/chexfound_dinov2.md §3.
+its released weights load unchanged (`convert_glori_checkpoint`).
 
 Reading order: loss -> feature recipe -> decoder layer -> heads -> pretrained base -> model -> checkpoint conversion.
 """
