@@ -8,6 +8,17 @@ from transformers.configuration_utils import SubConfigSpec
 
 POOLING_CHOICES = ("pooler", "cls", "mean")
 
+# A 2-layer, 32-wide CLIP image tower on 32 px images, shared by both tiny presets.
+TINY_VISION_TOWER = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
 # Presets are data: name -> kwargs of RelaxedCLIPConfig. "paper" is the paper's ViT-B/16 image tower with a
 # CLIP text tower (what OpenAI's CLIP ViT-B/16 holds); "paper-bert" swaps in a BERT-base text tower (Sec. 4.3 names
 # BERT-base); "tiny" and "tiny-bert" are for tests.
@@ -24,15 +35,7 @@ RELAXED_CLIP_PRESETS = {
         "text_pooling": "cls",
     },
     "tiny": {
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        "vision_config": TINY_VISION_TOWER,
         "text_config": {
             "model_type": "clip_text_model",
             "hidden_size": 32,
@@ -50,15 +53,7 @@ RELAXED_CLIP_PRESETS = {
     # tiny image tower + a 1-layer BERT text tower with BERT's 30522-word vocabulary, so that a real WordPiece
     # tokenizer (e.g. MiniLM's) feeds it: for CPU recipe runs and tests.
     "tiny-bert": {
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        "vision_config": TINY_VISION_TOWER,
         "text_config": {
             "model_type": "bert",
             "vocab_size": 30522,
