@@ -18,9 +18,9 @@ from cxrfm.processing import CXRImageProcessor
 from cxrfm.processing.image_processing_cxr import load_cxr_image, read_dicom
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset  # noqa: E402
+from dicom_fixtures import make_dicom, save_dicom  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -48,39 +48,11 @@ def png16_colour_bytes(rgb16):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
-def make_dicom(pixels, photometric="MONOCHROME2", bits_stored=12, signed=False, **elements):
-    """A DX DICOM dataset (explicit VR little endian) around `pixels` (uint16/int16 (H, W))."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("fixture.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    ds.PixelData = pixels.astype("<i2" if signed else "<u2").tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
 def voi_lut_item(descriptor, data):
     item = Dataset()
     item.add_new(0x00283002, "US", list(descriptor))  # LUTDescriptor (US or SS)
     item.add_new(0x00283006, "US", list(data))  # LUTData (US or OW)
     return item
-
-
-def save_dicom(ds, path):
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def identity_processor(**overrides):

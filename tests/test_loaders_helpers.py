@@ -30,29 +30,13 @@ def write_jpeg(path: Path, size: int = 8, value: int = 100) -> Path:
 
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    """A CR DICOM file whose PatientID derives from the file name (the loaders read it from the header)."""
+    from dicom_fixtures import make_dicom, save_dicom
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = SecondaryCaptureImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "CR"
-    dataset.PatientID = "P" + path.stem[:6]
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = bits_stored
-    dataset.HighBit = bits_stored - 1
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
-    dataset.save_as(str(path), enforce_file_format=True)
-    return path
+    dataset = make_dicom(np.asarray(pixels, dtype=np.uint16), photometric, bits_stored,
+                         Modality="CR", PatientID="P" + path.stem[:6])
+    return save_dicom(dataset, path)
 
 
 def write_csv_gz(frame: pd.DataFrame, path: Path) -> Path:
