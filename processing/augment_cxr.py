@@ -171,4 +171,141 @@ def strong_augmentation(image_mean: list[float] | None = None, image_std: list[f
     return CXRAugmentation((-30.0, 30.0), (0.7, 1.0), (0.8, 1.2), image_mean=image_mean, image_std=image_std)
 
 
-__all__ = ["AugmentationParams", "CXRAugmentation", "sample_resized_crop", "strong_augmentation", "weak_augmentation"]
+# DINOv2/CheXFound multi-crop (facebookresearch/dinov2 `data/augmentations.py`, identical in RPIDIAL/CheXFound).
+# Blur probabilities of (global crop 1, global crop 2, local crops): the official GaussianBlur passes 1 - p to
+# RandomApply (dinov2 PR #411), so the released models were trained with 0.0 / 0.9 / 0.5 instead of the intended
+# 1.0 / 0.1 / 0.5.
+BLUR_PROBABILITIES_AS_RUN = (0.0, 0.9, 0.5)
+BLUR_PROBABILITIES_AS_INTENDED = (1.0, 0.1, 0.5)
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """One multi-crop view: crop box (top, left, height, width), flip, brightness / contrast factors (1 = no jitter),
+    Gaussian-blur sigma (None = no blur) and solarisation."""
+
+    crop: tuple[int, int, int, int]
+    flip: bool
+    brightness: float
+    contrast: float
+    blur_sigma: float | None
+    solarize: bool
+
+
+class MultiCropAugmentation:
+    """DINOv2 multi-crop for grey radiographs: 2 global + n local random resized crops of one image.
+
+    Per view (official order): random resized crop (bicubic, aspect 3/4..4/3) -> horizontal flip (0.5) -> with
+    probability `jitter_probability` brightness then contrast factors U(1 - 0.4, 1 + 0.4) -> Gaussian blur
+    (kernel 9, sigma U(0.1, 2)) with the view's blur probability -> solarisation at 128/255 (second global crop
+    only, p 0.2). ColorJitter's saturation and hue and RandomGrayscale are left out: they do nothing to a grey
+    image. ColorJitter applies brightness and contrast in random order; here the order is fixed.
+
+    Input: one `(C, H, W)` image on the [0, 1] display scale. Output: `(2, C, S_g, S_g)` and `(n, C, S_l, S_l)`,
+    normalised with `image_mean` / `image_std` when given.
+
+    Args:
+        global_size, local_size: crop sides S_g, S_l (CheXFound stages: 224/96, 336/128, 448/128, 512/144).
+        n_local_crops: n (8).
+        global_scale, local_scale: crop area fractions ((0.32, 1) and (0.05, 0.32)).
+        blur_probabilities: (global 1, global 2, local); default the behaviour the released models were trained
+            with (`BLUR_PROBABILITIES_AS_RUN`), `BLUR_PROBABILITIES_AS_INTENDED` for the intended one.
+    """
+
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 96,
+        n_local_crops: int = 8,
+        global_scale: tuple[float, float] = (0.32, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.32),
+        jitter_probability: float = 0.8,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        blur_probabilities: tuple[float, float, float] = BLUR_PROBABILITIES_AS_RUN,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        solarize_probability: float = 0.2,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+    ):
+        for name, (low, high) in (("global_scale", global_scale), ("local_scale", local_scale)):
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"MultiCropAugmentation.{name} must be (min, max) area fractions in (0, 1], got {(low, high)}.")
+        if len(blur_probabilities) != 3:
+            raise ValueError(f"MultiCropAugmentation.blur_probabilities needs 3 values (global 1, global 2, local), got {blur_probabilities}.")
+        if (image_mean is None) != (image_std is None):
+            raise ValueError("MultiCropAugmentation needs both image_mean and image_std, or neither.")
+        self.global_size, self.local_size, self.n_local_crops = global_size, local_size, n_local_crops
+        self.global_scale, self.local_scale = global_scale, local_scale
+        self.jitter_probability, self.brightness, self.contrast = jitter_probability, brightness, contrast
+        self.blur_probabilities, self.blur_sigma = tuple(blur_probabilities), blur_sigma
+        self.solarize_probability = solarize_probability
+        self.image_mean, self.image_std = image_mean, image_std
+
+    def _view(self, height, width, scale, blur_p, solarize_p, generator) -> CropParams:
+        crop = sample_resized_crop(height, width, scale, (3 / 4, 4 / 3), generator)
+        flip = bool(torch.rand((), generator=generator).item() < 0.5)
+        brightness = contrast = 1.0
+        if torch.rand((), generator=generator).item() < self.jitter_probability:
+            brightness = _uniform(max(0.0, 1 - self.brightness), 1 + self.brightness, generator)
+            contrast = _uniform(max(0.0, 1 - self.contrast), 1 + self.contrast, generator)
+        sigma = None
+        if torch.rand((), generator=generator).item() < blur_p:
+            sigma = _uniform(*self.blur_sigma, generator)
+        solarize = bool(torch.rand((), generator=generator).item() < solarize_p)
+        return CropParams(crop, flip, brightness, contrast, sigma, solarize)
+
+    def sample_params(self, height: int, width: int, generator: torch.Generator | None = None) -> list[CropParams]:
+        """2 global then `n_local_crops` local views of an image of `height` x `width`."""
+        blur_1, blur_2, blur_local = self.blur_probabilities
+        views = [
+            self._view(height, width, self.global_scale, blur_1, 0.0, generator),
+            self._view(height, width, self.global_scale, blur_2, self.solarize_probability, generator),
+        ]
+        views += [self._view(height, width, self.local_scale, blur_local, 0.0, generator) for _ in range(self.n_local_crops)]
+        return views
+
+    def _apply_view(self, image: torch.Tensor, view: CropParams, size: int) -> torch.Tensor:
+        out = TF.resized_crop(image, *view.crop, size=[size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        out = out.clamp(0.0, 1.0)  # bicubic overshoot; the official PIL path stays in 0..255
+        if view.flip:
+            out = TF.horizontal_flip(out)
+        if view.brightness != 1.0 or view.contrast != 1.0:
+            out = TF.adjust_contrast(TF.adjust_brightness(out, view.brightness), view.contrast)
+        if view.blur_sigma is not None:
+            out = TF.gaussian_blur(out, kernel_size=[9, 9], sigma=[view.blur_sigma, view.blur_sigma])
+        if view.solarize:
+            out = TF.solarize(out, threshold=128 / 255)
+        if self.image_mean is not None:
+            mean = torch.as_tensor(self.image_mean, dtype=out.dtype).reshape(-1, 1, 1)
+            std = torch.as_tensor(self.image_std, dtype=out.dtype).reshape(-1, 1, 1)
+            out = (out - mean) / std
+        return out
+
+    def apply(self, image: torch.Tensor, params: list[CropParams]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(C, H, W)` image on [0, 1] -> `(global crops (2, C, S_g, S_g), local crops (n, C, S_l, S_l))`."""
+        if image.ndim != 3:
+            raise ValueError(f"MultiCropAugmentation.apply expects one (C, H, W) image, got shape {tuple(image.shape)}.")
+        global_crops = torch.stack([self._apply_view(image, view, self.global_size) for view in params[:2]])
+        local_views = [self._apply_view(image, view, self.local_size) for view in params[2:]]
+        channels = image.shape[0]
+        local_crops = (
+            torch.stack(local_views) if local_views else image.new_empty(0, channels, self.local_size, self.local_size)
+        )
+        return global_crops, local_crops
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.apply(image, self.sample_params(*image.shape[-2:], generator))
+
+
+__all__ = [
+    "BLUR_PROBABILITIES_AS_INTENDED",
+    "BLUR_PROBABILITIES_AS_RUN",
+    "AugmentationParams",
+    "CXRAugmentation",
+    "CropParams",
+    "MultiCropAugmentation",
+    "sample_resized_crop",
+    "strong_augmentation",
+    "weak_augmentation",
+]
