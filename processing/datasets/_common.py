@@ -55,6 +55,9 @@ from datasets import (
     Value,
 )
 
+# Label sets live in the registry module; re-exported here for code written before it existed.
+from ..labels import CHEXPERT_5, CHEXPERT_13, CHEXPERT_14, CXR_LT_40  # noqa: F401
+
 __all__ = [
     "CXR_LT_40",
     "CHEXPERT_14",
@@ -72,74 +75,8 @@ __all__ = [
     "normalize_view",
     "is_frontal_view",
     "patient_level_split",
+    "ensure_cxr_schema",
 ]
-
-# CXR-LT 2024 task (40 findings), the official alphabetical column order of the challenge CSVs,
-# which is also CheXFound's model/query order (reference/chexfound_dinov2.md §5).
-CXR_LT_40: tuple[str, ...] = (
-    "Adenopathy",
-    "Atelectasis",
-    "Azygos Lobe",
-    "Calcification of the Aorta",
-    "Cardiomegaly",
-    "Clavicle Fracture",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Enlarged Cardiomediastinum",
-    "Fibrosis",
-    "Fissure",
-    "Fracture",
-    "Granuloma",
-    "Hernia",
-    "Hydropneumothorax",
-    "Infarction",
-    "Infiltration",
-    "Kyphosis",
-    "Lobar Atelectasis",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Mass",
-    "Nodule",
-    "Normal",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pleural Thickening",
-    "Pneumomediastinum",
-    "Pneumonia",
-    "Pneumoperitoneum",
-    "Pneumothorax",
-    "Pulmonary Embolism",
-    "Pulmonary Hypertension",
-    "Rib Fracture",
-    "Round(ed) Atelectasis",
-    "Subcutaneous Emphysema",
-    "Support Devices",
-    "Tortuous Aorta",
-    "Tuberculosis",
-)
-
-# CheXpert / MIMIC-CXR labeler observations in the column order of CheXpert's train.csv.
-CHEXPERT_14: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-# The 13 findings (CheXpert 14 without "No Finding").
-CHEXPERT_13: tuple[str, ...] = CHEXPERT_14[1:]
-# The CheXpert competition tasks (Irvin et al. 2019), alphabetical as in most papers' tables.
-CHEXPERT_5: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
@@ -165,6 +102,7 @@ def cxr_features(
     with_report: bool = True,
     with_masks: bool = False,
     with_survival: bool = False,
+    with_image: bool = True,
     extra: Mapping[str, object] | None = None,
 ) -> Features:
     """The one schema every cxrfm loader produces (see the module docstring for each column).
@@ -174,15 +112,16 @@ def cxr_features(
         with_report: add ``report``, ``findings`` and ``impression`` string columns.
         with_masks: add ``boxes`` (pixel x_min, y_min, x_max, y_max), ``box_labels`` and ``masks``.
         with_survival: add ``survival_time`` (float32) and ``survival_event`` (bool).
+        with_image: add the ``image`` column; False is the labels-only schema (``image_path`` stays).
         extra: collection-specific columns (name -> `datasets` feature), e.g. ``{"age": Value("float32")}``.
     """
     names = _check_label_names(label_names)
-    columns: dict[str, object] = {
-        "image": Image(),
+    columns: dict[str, object] = {"image": Image()} if with_image else {}
+    columns.update({
         "image_path": Value("string"),
         "labels": List(Value("float32"), length=len(names)),
         POSITIVE_LABELS_COLUMN: List(ClassLabel(names=names)),
-    }
+    })
     if with_report:
         columns.update(report=Value("string"), findings=Value("string"), impression=Value("string"))
     columns.update(
@@ -359,3 +298,118 @@ def patient_level_split(
         start = stop
     row_split = np.fromiter((split_of_patient[pid] for pid in ids), dtype=np.int64, count=len(ids))
     return {name: np.flatnonzero(row_split == index) for index, name in enumerate(split_names)}
+
+
+_TEXT_DEFAULTS = ("report", "findings", "impression", "view", "study_id")
+
+
+def ensure_cxr_schema(data, label_names: Sequence[str] | None = None):
+    """Bring a plain ``Dataset``/``DatasetDict`` (at least ``image`` and ``labels``) to the cxrfm schema.
+
+    Missing columns are added: ``positive_labels`` (from ``labels``; its ``ClassLabel`` carries
+    ``label_names``), ``image_path`` (the path when ``image`` holds paths, else ""), ``report``,
+    ``findings``, ``impression``, ``view`` (""), ``is_frontal`` (True: a view-less image is taken as
+    frontal, as the loaders of all-frontal collections do), ``patient_id`` and ``study_id`` (one per
+    row, ``"<split>-<row>"``, so the rows count as independent patients). ``labels`` becomes a
+    float32 vector of fixed length; a string ``image`` column (paths) becomes ``Image()``.
+
+    Args:
+        data: ``Dataset`` or ``DatasetDict`` (map-style; streaming sets have no schema to inspect).
+        label_names: names of the ``labels`` entries; default: the names already in the data
+            (``positive_labels`` or a ``ClassLabel``), else ``label_0 ... label_{K-1}``.
+    Raises:
+        ValueError naming the missing column (``labels``, or ``image``/``image_path``), or the
+        ``labels`` column when it is not a vector of numbers of one length.
+    """
+    if isinstance(data, DatasetDict):
+        return DatasetDict({split: _ensure_split(ds, label_names, split) for split, ds in data.items()})
+    if isinstance(data, Dataset):
+        return _ensure_split(data, label_names, str(data.split or "data"))
+    raise TypeError(f"ensure_cxr_schema: expected a datasets Dataset or DatasetDict, got {type(data).__name__}.")
+
+
+def _ensure_split(dataset: Dataset, label_names: Sequence[str] | None, split: str) -> Dataset:
+    features = dataset.features
+    if "labels" not in features:
+        raise ValueError(
+            f"ensure_cxr_schema [{split}]: the dataset has no 'labels' column (columns: {sorted(features)}); "
+            "the cxrfm schema needs one 0/1/NaN vector per image."
+        )
+    if "image" not in features and "image_path" not in features:
+        raise ValueError(
+            f"ensure_cxr_schema [{split}]: the dataset has no 'image' (or 'image_path') column "
+            f"(columns: {sorted(features)})."
+        )
+    width = _label_width(dataset, split)
+    names = list(label_names) if label_names is not None else _existing_label_names(features, width)
+    if len(names) != width:
+        raise ValueError(f"ensure_cxr_schema [{split}]: {len(names)} label names for 'labels' vectors of length {width}.")
+    image_is_path = "image" in features and isinstance(features["image"], Value)
+    with_image = "image" in features
+    missing = [name for name in ("image_path", POSITIVE_LABELS_COLUMN, *_TEXT_DEFAULTS, "is_frontal", "patient_id")
+               if name not in features]
+
+    def fill(batch, indices):
+        size = len(indices)
+        if "image_path" in missing:
+            batch["image_path"] = list(batch["image"]) if image_is_path else [""] * size
+        if POSITIVE_LABELS_COLUMN in missing:
+            batch[POSITIVE_LABELS_COLUMN] = [positive_label_ids(_float_list(row)) for row in batch["labels"]]
+        for name in _TEXT_DEFAULTS:
+            if name in missing and name != "study_id":
+                batch[name] = [""] * size
+        if "is_frontal" in missing:
+            views = batch["view"]
+            batch["is_frontal"] = [True if not view else is_frontal_view(view) for view in views]
+        if "patient_id" in missing:
+            batch["patient_id"] = [f"{split}-{index}" for index in indices]
+        if "study_id" in missing:
+            batch["study_id"] = list(batch["patient_id"])
+        batch["labels"] = [_float_list(row) for row in batch["labels"]]
+        return batch
+
+    standard = cxr_features(names, with_image=with_image)
+    extra = {name: feature for name, feature in features.items() if name not in standard}
+    target = cxr_features(names, with_image=with_image, extra=extra)
+    source = dataset.cast_column("image", Value("string")) if image_is_path else dataset
+    filled = source.map(fill, batched=True, with_indices=True, features=_with_plain_image(target, image_is_path))
+    return filled.cast(target) if image_is_path else filled
+
+
+def _with_plain_image(features: Features, image_is_path: bool) -> Features:
+    """``map`` writes the path strings first; the cast to ``Image()`` follows (a map cannot change types twice)."""
+    if not image_is_path:
+        return features
+    plain = features.copy()
+    plain["image"] = Value("string")
+    return plain
+
+
+def _float_list(row) -> list[float]:
+    return [math.nan if value is None else float(value) for value in row]
+
+
+def _label_width(dataset: Dataset, split: str) -> int:
+    feature = dataset.features["labels"]
+    length = getattr(feature, "length", -1)
+    inner = getattr(feature, "feature", None)
+    if inner is None or not (isinstance(inner, Value) and (inner.dtype.startswith(("float", "int", "uint", "bool")))):
+        raise ValueError(
+            f"ensure_cxr_schema [{split}]: column 'labels' must hold vectors of numbers (1 present, 0 absent, "
+            f"NaN unknown), got feature {feature}."
+        )
+    if length is not None and length > 0:
+        return int(length)
+    if len(dataset) == 0:
+        raise ValueError(f"ensure_cxr_schema [{split}]: empty split with variable-length 'labels': cannot tell K.")
+    widths = {len(row) for row in dataset.select_columns(["labels"])["labels"]}
+    if len(widths) != 1:
+        raise ValueError(f"ensure_cxr_schema [{split}]: 'labels' vectors have different lengths {sorted(widths)}.")
+    return widths.pop()
+
+
+def _existing_label_names(features: Features, width: int) -> list[str]:
+    inner = getattr(features.get(POSITIVE_LABELS_COLUMN), "feature", None)
+    if isinstance(inner, ClassLabel):
+        return list(inner.names)
+    return [f"label_{index}" for index in range(width)]

@@ -68,6 +68,7 @@ __all__ = [
     "natural_key",
     "png_bytes",
     "build_dataset_dict",
+    "raise_all_skipped",
 ]
 
 UNCERTAINTY_POLICIES = ("ignore", "ones", "zeros")
@@ -475,14 +476,16 @@ def _generate_examples_lazily(
     verify_images: bool,
     skipped: SkippedRows,
     strict: bool,
+    labels_only: bool = False,
 ) -> Iterator[dict]:
     for start, stop in ranges:  # one shard = one row range of the table
         for record in table.slice(start, stop - start).to_pylist():
-            try:
-                record = _check_row(record, verify_images)
-            except _RowError as error:
-                _skip_or_raise(error, split, skipped, strict)
-                continue
+            if not labels_only:
+                try:
+                    record = _check_row(record, verify_images)
+                except _RowError as error:
+                    _skip_or_raise(error, split, skipped, strict)
+                    continue
             yield _to_example(record, columns, row_hook)
 
 
@@ -530,6 +533,7 @@ def build_dataset_dict(
     extra_features: Mapping[str, object] | None = None,
     row_hook: Callable[[dict, dict], dict] | None = None,
     skipped: SkippedRows | None = None,
+    labels_only: bool = False,
 ) -> DatasetDict | IterableDatasetDict:
     """One ``DatasetDict`` (or ``IterableDatasetDict`` when ``streaming``) from per-split tables.
 
@@ -549,13 +553,26 @@ def build_dataset_dict(
         row_hook: ``(example, table_row) -> example`` applied last to each row (e.g. RLE -> mask
             images); it sees the table row's other columns.
         skipped: record to append skipped rows to (a new one by default).
+        labels_only: label statistics without images: no ``image``, ``boxes``, ``box_labels`` or
+            ``masks`` columns, no file is checked or read (report files named by ``report_path``
+            are not read either, so ``report`` stays "" for them), nothing is skipped.
     Returns:
         the dict of splits, with a ``skipped`` attribute (:class:`SkippedRows`).
+    Raises:
+        ValueError when the tables have rows but every one was skipped (map-style only: streaming
+        checks rows while iterating), naming the most common reason and an example file.
     """
     register_cxr_image_plugins()
     skipped = skipped if skipped is not None else SkippedRows(collection)
+    skipped_before = skipped.count  # rows a loader already rejected while reading its metadata
+    if labels_only:
+        with_masks = False  # boxes and masks describe pixels; labels-only mode has none
+        if "report_path" in next(iter(tables.values()), pd.DataFrame()).columns:
+            logger.info("%s: labels_only=True: report files are not read.", collection)
+        tables = {split: table.drop(columns=["report_path"], errors="ignore") for split, table in tables.items()}
     features = cxr_features(
-        label_names, with_report=True, with_masks=with_masks, with_survival=with_survival, extra=extra_features
+        label_names, with_report=True, with_masks=with_masks, with_survival=with_survival, extra=extra_features,
+        with_image=not labels_only,
     )
     columns = tuple(features)  # a tuple: `datasets` shards list-valued gen_kwargs
     splits = {}
@@ -571,10 +588,11 @@ def build_dataset_dict(
                     "ranges": [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])],
                     "table": _to_arrow(table, collection), "split": split, "columns": columns,
                     "row_hook": row_hook, "verify_images": verify_images, "skipped": skipped, "strict": strict,
+                    "labels_only": labels_only,
                 },
             )
         else:
-            checked = _checked_table(table, split, verify_images, skipped, strict)
+            checked = table if labels_only else _checked_table(table, split, verify_images, skipped, strict)
             if checked.empty:  # `datasets` cannot build a split from a generator that yields nothing
                 splits[split] = Dataset.from_dict({column: [] for column in columns}, features=features, split=split)
                 continue
@@ -589,8 +607,23 @@ def build_dataset_dict(
     result = IterableDatasetDict(splits) if streaming else DatasetDict(splits)
     if skipped.count and not streaming:
         logger.warning("%s: %d row(s) skipped: %s", collection, skipped.count, skipped.by_reason())
+        if not any(len(split) for split in splits.values()):
+            raise_all_skipped(skipped, skipped_before + sum(len(table) for table in tables.values()))
     result.skipped = skipped
     return result
+
+
+def raise_all_skipped(skipped: SkippedRows, n_rows: int) -> None:
+    """ValueError for a load in which every one of ``n_rows`` rows was skipped, naming the main reason."""
+    reasons = skipped.by_reason()
+    reason, count = max(reasons.items(), key=lambda item: item[1])
+    example = next(path for _, path, full in skipped.entries if full.split(":")[0] == reason)
+    others = {key: value for key, value in reasons.items() if key != reason}
+    raise ValueError(
+        f"load_{skipped.collection}: all {n_rows} rows were skipped; most common reason: {reason} "
+        f"({count} rows, e.g. {example!r})" + (f"; other reasons: {others}" if others else "") + ". "
+        "Check the root/image folder; pass labels_only=True for label statistics without images."
+    )
 
 
 def _check_label_width(table: pd.DataFrame, width: int, collection: str, split: str) -> None:

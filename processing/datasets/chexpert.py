@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from datasets import Value
 
-from ._common import CHEXPERT_5, CHEXPERT_13, CHEXPERT_14, normalize_view
+from ..labels import CHEXPERT_5, CHEXPERT_13, CHEXPERT_14
+from ._common import normalize_view
 from ._io import (
     apply_uncertainty_policy,
     build_dataset_dict,
@@ -58,6 +59,7 @@ def load_chexpert(
     splits: Sequence[str] = ("train", "validation", "test"),
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -73,7 +75,7 @@ def load_chexpert(
         frontal_only: keep ``Frontal/Lateral == "Frontal"`` rows only.
         splits: which official splits to load (a missing test file is skipped silently only if
             "test" was requested by default; name it explicitly to require it).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     Returns:
         ``DatasetDict`` / ``IterableDatasetDict`` with the common cxrfm features plus ``age`` and ``sex``;
         attribute ``skipped`` lists rows whose image was missing or unreadable.
@@ -97,7 +99,7 @@ def load_chexpert(
         collection="chexpert",
         label_names=label_names,
         streaming=streaming,
-        strict=strict,
+        strict=strict, labels_only=labels_only,
         verify_images=verify_images,
         num_shards=num_shards,
         cache_dir=cache_dir,

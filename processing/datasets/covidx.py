@@ -36,6 +36,7 @@ def load_covidx(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -46,7 +47,7 @@ def load_covidx(
         root: the COVIDx folder.
         splits: splits to load (default: every split whose text file exists; train and test required).
         frontal_only: accepted for a uniform signature (COVIDx images are frontal).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "covidx", _LAYOUT)
     if splits is None:
@@ -67,7 +68,7 @@ def load_covidx(
             "source": frame["source"],
         })
     return build_dataset_dict(
-        tables, collection="covidx", label_names=label_names, streaming=streaming, strict=strict,
+        tables, collection="covidx", label_names=label_names, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir,
         extra_features={"source": Value("string")},
     )

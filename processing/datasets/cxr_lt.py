@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from datasets import Value
 
-from ._common import CXR_LT_40, normalize_view
+from ..labels import CXR_LT_40
+from ._common import normalize_view
 from ._io import (
     apply_uncertainty_policy,
     build_dataset_dict,
@@ -63,6 +64,7 @@ def load_cxr_lt(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -77,7 +79,7 @@ def load_cxr_lt(
         split_files: ``{split: csv name}`` overriding the default file names; splits without a file
             are left out (at least one must exist).
         frontal_only: keep PA/AP images (needs ``mimic-cxr-2.0.0-metadata.csv.gz`` in ``image_root``).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "cxr_lt", _LAYOUT)
     image_root = require_root(image_root, "cxr_lt", "the MIMIC-CXR-JPG folder (files/pXX/...).") if image_root else root
@@ -110,7 +112,7 @@ def load_cxr_lt(
             f"{sorted({name for names in candidates.values() for name in names})}."
         )
     return build_dataset_dict(
-        tables, collection="cxr_lt", label_names=label_names, streaming=streaming, strict=strict,
+        tables, collection="cxr_lt", label_names=label_names, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir,
         extra_features={"dicom_id": Value("string")},
     )

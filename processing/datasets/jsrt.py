@@ -43,6 +43,7 @@ def load_jsrt(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -54,7 +55,7 @@ def load_jsrt(
         with_masks: add the nodule box (``boxes`` / ``box_labels``; ``masks`` empty).
         fractions, seed: deterministic split (each image is its own patient).
         frontal_only: accepted for a uniform signature (all images are PA).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "jsrt", _LAYOUT)
     images = _find_images(root)
@@ -88,7 +89,7 @@ def load_jsrt(
     table = pd.DataFrame(rows)
     return build_dataset_dict(
         split_by_patient(table, fractions, seed), collection="jsrt", label_names=_LABEL_NAMES,
-        streaming=streaming, strict=strict, verify_images=verify_images, num_shards=num_shards,
+        streaming=streaming, strict=strict, labels_only=labels_only, verify_images=verify_images, num_shards=num_shards,
         cache_dir=cache_dir, with_masks=with_masks,
         extra_features={"age": Value("float32"), "sex": Value("string"), "nodule_size_mm": Value("float32"),
                         "subtlety": Value("int32"), "malignant": Value("string")},

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from datasets import Value
 
-from ._common import CHEXPERT_5, CHEXPERT_13, CHEXPERT_14, normalize_view
+from ..labels import CHEXPERT_5, CHEXPERT_13, CHEXPERT_14
+from ._common import normalize_view
 from ._io import (
     apply_uncertainty_policy,
     build_dataset_dict,
@@ -86,6 +87,7 @@ def load_mimic_cxr(
     splits: Sequence[str] = ("train", "validation", "test"),
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -103,7 +105,7 @@ def load_mimic_cxr(
         blank_as_negative: blank -> 0 instead of NaN.
         frontal_only: keep PA/AP views (``ViewPosition``).
         splits: official splits to load.
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "mimic_cxr", _LAYOUT)
     if labeler not in _LABEL_CSV:
@@ -153,7 +155,7 @@ def load_mimic_cxr(
             raise ValueError(f"load_mimic_cxr: unknown split {split!r}; choose from {list(_SPLIT_NAMES.values())}.")
         tables[split] = table[table["split"] == split].drop(columns=["split"])
     return build_dataset_dict(
-        tables, collection="mimic_cxr", label_names=label_names, streaming=streaming, strict=strict,
+        tables, collection="mimic_cxr", label_names=label_names, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir,
         extra_features={"dicom_id": Value("string")},
     )

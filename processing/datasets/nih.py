@@ -23,15 +23,12 @@ import numpy as np
 import pandas as pd
 from datasets import Value
 
+from ..labels import NIH_14, NIH_15
 from ._io import build_dataset_dict, find_first, label_matrix_rows, read_table, require_file, require_root, resolve_label_names, split_by_patient
 
 __all__ = ["load_nih", "NIH_14", "NIH_LABEL_SETS"]
 
-NIH_14: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
-NIH_LABEL_SETS = {"14": NIH_14, "15": (*NIH_14, "No Finding")}
+NIH_LABEL_SETS = {"14": NIH_14, "15": NIH_15}
 _NO_FINDING = "No Finding"
 _CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz")
 _REQUIRED = ["Image Index", "Finding Labels", "Patient ID", "View Position"]
@@ -47,6 +44,7 @@ def load_nih(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -59,7 +57,7 @@ def load_nih(
         validation_fraction: share of train_val patients held out as ``validation`` (0 for none).
         seed: seed of that patient-level hold-out.
         frontal_only: kept for a uniform signature (all NIH images are PA or AP).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "nih", _LAYOUT)
     label_names = resolve_label_names(labels, NIH_LABEL_SETS, "nih")
@@ -85,7 +83,7 @@ def load_nih(
     if frontal_only:
         tables = {split: part[part["is_frontal"]] for split, part in tables.items()}
     return build_dataset_dict(
-        tables, collection="nih", label_names=label_names, streaming=streaming, strict=strict,
+        tables, collection="nih", label_names=label_names, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir,
         extra_features={"age": Value("float32"), "sex": Value("string"), "follow_up": Value("int32")},
     )

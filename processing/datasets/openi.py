@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 from datasets import Value
 
-from ._common import CHEXPERT_13, normalize_view
+from ..labels import CHEXPERT_13
+from ._common import normalize_view
 from ._io import (
     build_dataset_dict,
     find_first,
@@ -82,6 +83,7 @@ def load_openi(
     seed: int = 0,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -97,7 +99,7 @@ def load_openi(
         frontal_only: keep PA/AP images (needs ``view_csv``).
         min_text_length: drop images whose FINDINGS + IMPRESSION text is shorter (relaxed-CLIP: 10).
         fractions, seed: the patient-level split; ``(0, 0, 1)`` puts everything in ``test``.
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "openi", _LAYOUT)
     source = Path(reports_path) if reports_path is not None else find_first(root, ("ecgen-radiology", "NLMCXR_reports.tgz"))
@@ -126,7 +128,7 @@ def load_openi(
     names = ("train", "validation", "test")
     tables = {name: part for name, part in split_by_patient(table, fractions, seed, names).items() if len(part) or name == "test"}
     return build_dataset_dict(
-        tables, collection="openi", label_names=label_names, streaming=streaming, strict=strict,
+        tables, collection="openi", label_names=label_names, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir,
         extra_features={"uid": Value("string"), "image_id": Value("string")},
     )

@@ -57,6 +57,7 @@ def load_padchest(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -74,7 +75,7 @@ def load_padchest(
         validation_fraction: share of non-test patients in ``validation`` when ``test_set`` is set.
         seed: seed of the patient-level split.
         frontal_only: keep PA / AP / AP_horizontal projections.
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "padchest", _LAYOUT)
     csv_path = Path(csv_path) if csv_path is not None else find_first(root, _CSV_NAMES)
@@ -95,7 +96,7 @@ def load_padchest(
         part["labels"] = [_vector(findings[row], position) for row in part["_row"]]
         tables[split] = part.drop(columns=["_row", "method"])
     return build_dataset_dict(
-        tables, collection="padchest", label_names=label_names, streaming=streaming, strict=strict,
+        tables, collection="padchest", label_names=label_names, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir,
         extra_features={"age": Value("float32"), "sex": Value("string"), "label_method": Value("string")},
     )

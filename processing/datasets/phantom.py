@@ -72,7 +72,8 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from datasets import Image as HFImage
 from PIL import Image as PILImage
 
-from ._common import CXR_LT_40, SPLIT_NAMES, cxr_features, patient_level_split, positive_label_ids
+from ..labels import CXR_LT_40
+from ._common import SPLIT_NAMES, cxr_features, patient_level_split, positive_label_ids
 
 logger = logging.getLogger(__name__)
 
@@ -756,6 +757,7 @@ class _PhantomPlan:
     with_survival: bool
     nan_unmentioned: bool
     chunk_size: int
+    labels_only: bool
     image_study: np.ndarray  # (N,) study of each image
     image_view: np.ndarray  # (N,) "PA" / "AP" / "LATERAL"
     study_patient: np.ndarray  # (M,) patient of each study
@@ -807,11 +809,14 @@ def _generate_rows(plan: _PhantomPlan, indices: Sequence[int]):
     for start in range(0, len(indices), plan.chunk_size):
         chunk = indices[start:start + plan.chunk_size]
         studies = plan.image_study[chunk]
-        images, masks = render_phantom_images(
-            plan.study_present[studies], image_size=plan.image_size, seed=plan.seed,
-            lateral=plan.image_view[chunk] == "LATERAL", image_ids=chunk, sides=plan.study_sides[studies],
-            bit_depth=plan.bit_depth,
-        )
+        if plan.labels_only:  # labels and reports only: no pixels rendered
+            images, masks = [None] * len(chunk), [{}] * len(chunk)
+        else:
+            images, masks = render_phantom_images(
+                plan.study_present[studies], image_size=plan.image_size, seed=plan.seed,
+                lateral=plan.image_view[chunk] == "LATERAL", image_ids=chunk, sides=plan.study_sides[studies],
+                bit_depth=plan.bit_depth,
+            )
         for image_index, study, image, image_masks in zip(chunk, studies, images, masks):
             if study not in reports:  # per-study stream: the same text whatever the chunking or sharding
                 reports.clear()
@@ -827,7 +832,6 @@ def _generate_rows(plan: _PhantomPlan, indices: Sequence[int]):
             view = str(plan.image_view[image_index])
             patient = int(plan.study_patient[study])
             row = {
-                "image": {"bytes": _png_bytes(image), "path": None},
                 "image_path": "",
                 "labels": labels.tolist(),
                 "positive_labels": positive_label_ids(labels.tolist()),
@@ -839,7 +843,9 @@ def _generate_rows(plan: _PhantomPlan, indices: Sequence[int]):
                 "patient_id": f"phantom-p{patient:06d}",
                 "study_id": f"phantom-s{int(study):07d}",
             }
-            if plan.with_masks:
+            if not plan.labels_only:
+                row["image"] = {"bytes": _png_bytes(image), "path": None}
+            if plan.with_masks and not plan.labels_only:
                 kept = [(name, mask) for name, mask in image_masks.items() if mask.any()]
                 row["boxes"] = [_boxes(mask) for _, mask in kept]
                 row["box_labels"] = [_INDEX[name] for name, _ in kept]
@@ -870,6 +876,7 @@ def load_phantom(
     streaming: bool = False,
     num_shards: int = 8,
     chunk_size: int | None = None,
+    labels_only: bool = False,
 ) -> DatasetDict | IterableDatasetDict:
     """Synthetic CXR phantom set as a ``DatasetDict`` (train/validation/test, patient-level split).
 
@@ -891,6 +898,8 @@ def load_phantom(
             shards, so ``split_dataset_by_node`` and DataLoader workers divide it.
         chunk_size: images rendered per vectorised batch (default keeps ~260k pixels per batch,
             which is cache-sized and fastest).
+        labels_only: no pixels are rendered: the rows have no ``image``, ``boxes``, ``box_labels``
+            or ``masks`` (labels, reports and every other column are the same as with images).
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
@@ -900,10 +909,12 @@ def load_phantom(
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}.")
     plan = _plan_phantom(
         num_images, seed, lateral_fraction, with_survival, image_size=image_size, bit_depth=bit_depth,
-        with_masks=with_masks, nan_unmentioned=nan_unmentioned,
+        with_masks=with_masks, nan_unmentioned=nan_unmentioned, labels_only=labels_only,
         chunk_size=chunk_size or max(1, (1 << 18) // (image_size * image_size)),
     )
-    features = cxr_features(_NAMES, with_masks=with_masks, with_survival=with_survival)
+    features = cxr_features(
+        _NAMES, with_masks=with_masks and not labels_only, with_survival=with_survival, with_image=not labels_only
+    )
     patient_ids = [f"phantom-p{p:06d}" for p in plan.study_patient[plan.image_study]]
     splits = patient_level_split(patient_ids, split_fractions, seed=seed, split_names=SPLIT_NAMES)
     logger.info("Phantom set: %d images, %d studies.", num_images, len(plan.study_patient))
@@ -927,8 +938,9 @@ def make_phantom_files(root: str | Path, **load_phantom_kwargs) -> DatasetDict:
 
     ``load_phantom_kwargs`` go to :func:`load_phantom`.
     """
-    if load_phantom_kwargs.get("streaming"):
-        raise ValueError("make_phantom_files writes every image to disk; streaming=True is not supported.")
+    for option in ("streaming", "labels_only"):
+        if load_phantom_kwargs.get(option):
+            raise ValueError(f"make_phantom_files writes every image to disk; {option}=True is not supported.")
     root = Path(root)
     phantom = load_phantom(**load_phantom_kwargs)
     result = {}

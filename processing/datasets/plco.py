@@ -49,6 +49,7 @@ def load_plco(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -66,7 +67,7 @@ def load_plco(
         split_column: optional column holding the split of each row.
         fractions, seed: patient-level split when there is no ``split_column``.
         frontal_only: accepted for a uniform signature (PLCO radiographs are PA).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "plco", "the PLCO image folder and a per-image CSV (csv_path=).")
     csv_path = Path(csv_path) if csv_path is not None else _only_csv(root)
@@ -108,7 +109,7 @@ def load_plco(
     else:
         tables = split_by_patient(table, fractions, seed)
     return build_dataset_dict(
-        tables, collection="plco", label_names=label_names, streaming=streaming, strict=strict,
+        tables, collection="plco", label_names=label_names, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir, with_survival=True,
     )
 

@@ -44,6 +44,7 @@ def load_rsna(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -56,7 +57,7 @@ def load_rsna(
         dicom_headers_csv: optional CSV of DICOM headers (``PatientID``, ``ViewPosition``).
         fractions, seed: patient-level split.
         frontal_only: accepted for a uniform signature (all images are frontal).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "rsna", _LAYOUT)
     csv_path = find_first(root, _LABEL_CSVS)
@@ -89,7 +90,7 @@ def load_rsna(
         table["masks"] = [[] for _ in range(len(table))]
     return build_dataset_dict(
         split_by_patient(table, fractions, seed), collection="rsna", label_names=_LABEL_NAMES,
-        streaming=streaming, strict=strict, verify_images=verify_images, num_shards=num_shards,
+        streaming=streaming, strict=strict, labels_only=labels_only, verify_images=verify_images, num_shards=num_shards,
         cache_dir=cache_dir, with_masks=with_masks, extra_features={"detailed_class": Value("string")},
     )
 

@@ -55,6 +55,7 @@ def load_nlm_tb(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -65,7 +66,7 @@ def load_nlm_tb(
         root: the set's folder (holding ``CXR_png/``) or its parent.
         fractions, seed: deterministic split (each image is its own patient).
         frontal_only: accepted for a uniform signature (all images are PA).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     layout = "CXR_png/<NAME>_<0|1>.png and ClinicalReadings/<NAME>_<0|1>.txt"
     root = require_root(root, collection, layout)
@@ -96,7 +97,7 @@ def load_nlm_tb(
     table = pd.DataFrame(rows)
     return build_dataset_dict(
         split_by_patient(table, fractions, seed), collection=collection, label_names=_LABEL_NAMES,
-        streaming=streaming, strict=strict, verify_images=verify_images, num_shards=num_shards,
+        streaming=streaming, strict=strict, labels_only=labels_only, verify_images=verify_images, num_shards=num_shards,
         cache_dir=cache_dir, extra_features={"age": Value("float32"), "sex": Value("string")},
     )
 

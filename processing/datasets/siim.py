@@ -68,6 +68,7 @@ def load_siim(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -83,7 +84,7 @@ def load_siim(
         read_patient_ids: read ``PatientID`` from each DICOM header for the split.
         fractions, seed: patient-level split (MGCA: 70/15/15).
         frontal_only: accepted for a uniform signature (all images are frontal).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "siim", _LAYOUT)
     csv_path = Path(csv_path) if csv_path is not None else find_first(root, _CSV_NAMES)
@@ -110,9 +111,9 @@ def load_siim(
     table = pd.DataFrame(rows)
     tables = split_by_patient(table, fractions, seed)
     return build_dataset_dict(
-        tables, collection="siim", label_names=_LABEL_NAMES, streaming=streaming, strict=strict,
+        tables, collection="siim", label_names=_LABEL_NAMES, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir, with_masks=with_masks,
-        row_hook=_MaskHook(mask_size, relative) if with_masks else None,
+        row_hook=_MaskHook(mask_size, relative) if with_masks and not labels_only else None,
     )
 
 

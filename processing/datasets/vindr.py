@@ -24,23 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..labels import VINDR_20, VINDR_28
 from ._io import build_dataset_dict, find_first, label_matrix_rows, match_label_columns, read_table, require_root, resolve_label_names, split_by_patient
 
 __all__ = ["load_vindr", "VINDR_28", "VINDR_20", "VINDR_LABEL_SETS"]
 
-VINDR_28: tuple[str, ...] = (
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture", "Consolidation",
-    "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity", "Lung cavity", "Lung cyst",
-    "Mediastinal shift", "Nodule/Mass", "Pleural effusion", "Pleural thickening", "Pneumothorax",
-    "Pulmonary fibrosis", "Rib fracture", "Other lesion", "COPD", "Lung tumor", "Pneumonia", "Tuberculosis",
-    "Other diseases", "No finding",
-)
-# relaxed-CLIP Table 7: the 20 labels with more than 10 positives in the VinDr-CXR test set.
-VINDR_20: tuple[str, ...] = (
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration",
-    "Lung Opacity", "Mediastinal shift", "Nodule/Mass", "Pleural effusion", "Pleural thickening", "Pneumothorax",
-    "Pulmonary fibrosis", "Rib fracture", "Other lesion", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases",
-)
 VINDR_LABEL_SETS = {"28": VINDR_28, "20": VINDR_20}
 _ALIASES = {"Other diseases": ["Other disease"], "Other lesion": ["Other lesions"]}
 _BOX_COLUMNS = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
@@ -59,6 +47,7 @@ def load_vindr(
     frontal_only: bool = False,
     streaming: bool = False,
     strict: bool = False,
+    labels_only: bool = False,
     verify_images: bool = False,
     num_shards: int = 16,
     cache_dir: str | None = None,
@@ -74,7 +63,7 @@ def load_vindr(
         with_masks: add ``boxes`` / ``box_labels`` (``masks`` empty).
         splits: which of train/validation/test to return.
         frontal_only: accepted for a uniform signature (VinDr-CXR is all PA).
-        streaming, strict, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
+        streaming, strict, labels_only, verify_images, num_shards, cache_dir: see ``build_dataset_dict``.
     """
     root = require_root(root, "vindr", _LAYOUT)
     label_names = resolve_label_names(labels, VINDR_LABEL_SETS, "vindr")
@@ -88,7 +77,7 @@ def load_vindr(
     if "test" in splits:
         tables["test"] = _read_split(root, "test", label_names, train_vote, with_masks)
     return build_dataset_dict(
-        tables, collection="vindr", label_names=label_names, streaming=streaming, strict=strict,
+        tables, collection="vindr", label_names=label_names, streaming=streaming, strict=strict, labels_only=labels_only,
         verify_images=verify_images, num_shards=num_shards, cache_dir=cache_dir, with_masks=with_masks,
     )
 
