@@ -353,6 +353,30 @@ class MGCAModel(MGCAPreTrainedModel):
             return self.prototype_layer(embeds)
         return embeds @ F.normalize(self.prototype_layer.weight, dim=1).T
 
+    def global_losses(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, image_scores: torch.Tensor, text_scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ITA (Eq. 3) and CPA (Eq. 9) of this process's rows, distributed as the config says: ITA negatives gathered
+        from every process with gradients (`gather_negatives`), Sinkhorn sums over every process
+        (`distributed_sinkhorn`). Averaging these losses over processes (as DDP averages gradients) gives the
+        full-batch losses."""
+        config = self.config
+        if config.gather_negatives:
+            rank, _ = rank_and_world_size()
+            ita = ita_loss(
+                image_embeds, text_embeds, config.ita_temperature, gather_with_grad(image_embeds),
+                gather_with_grad(text_embeds), rank, config.ita_reduction,
+            )
+        else:
+            ita = ita_loss(image_embeds, text_embeds, config.ita_temperature, reduction=config.ita_reduction)
+        image_codes = sinkhorn_knopp(
+            image_scores, config.sinkhorn_epsilon, config.sinkhorn_iterations, config.distributed_sinkhorn
+        )
+        text_codes = sinkhorn_knopp(
+            text_scores, config.sinkhorn_epsilon, config.sinkhorn_iterations, config.distributed_sinkhorn
+        )
+        return ita, cpa_loss(image_scores, text_scores, image_codes, text_codes, config.cpa_temperature)
+
     def _cross_attend(self, queries, keys, key_mask, layer):
         if self.config.cross_attention == "learned":
             output, alpha = layer(queries, keys, keys, key_padding_mask=None if key_mask is None else ~key_mask)
@@ -368,11 +392,12 @@ class MGCAModel(MGCAPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         return_loss: bool = True,
         **kwargs: Any,
-    ) -> MGCAOutput:
+    ) -> MGCAOutput | BaseModelOutputWithPooling:
         """Embeds images (B, C, H, W) and their reports (B, L) and, with `return_loss=True`, returns the ITA, CTA
         and CPA losses and their Eq. 10 sum. `word_ids` (B, L): the fast tokenizer's word index per token (-1 for
         special tokens and padding, as `MGCAProcessor` returns) to merge word pieces. With only `pixel_values`,
-        returns the image embeddings (image-feature-extraction)."""
+        returns `get_image_features` (local tokens and the embedding v~ as `pooler_output`), what the
+        image-feature-extraction pipeline reads."""
         config = self.config
         if pixel_values is None:
             raise ValueError("MGCAModel.forward needs pixel_values (B, C, H, W).")
@@ -380,10 +405,10 @@ class MGCAModel(MGCAPreTrainedModel):
             # official: prototype rows re-normalised in place at the start of every forward
             with torch.no_grad():
                 self.prototype_layer.weight.copy_(F.normalize(self.prototype_layer.weight, dim=1))
+        if input_ids is None:
+            return self.get_image_features(pixel_values)
         global_image, local_image, patch_weights = self.encode_image(pixel_values)
         image_embeds = F.normalize(self.vision_global_projection(global_image), dim=-1)
-        if input_ids is None:
-            return MGCAOutput(image_embeds=image_embeds)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if len(input_ids) != len(pixel_values):
@@ -423,14 +448,7 @@ class MGCAModel(MGCAPreTrainedModel):
         if not return_loss:
             return output
 
-        if config.gather_negatives:
-            rank, _ = rank_and_world_size()
-            ita = ita_loss(
-                image_embeds, text_embeds, config.ita_temperature, gather_with_grad(image_embeds),
-                gather_with_grad(text_embeds), rank, config.ita_reduction,
-            )
-        else:
-            ita = ita_loss(image_embeds, text_embeds, config.ita_temperature, reduction=config.ita_reduction)
+        ita, cpa = self.global_losses(image_embeds, text_embeds, image_scores, text_scores)
         word_negatives = word_valid if config.mask_special_tokens else None
         lta = token_alignment_loss(
             word_embeds, word_attended, word_weights, config.cta_temperature, word_negatives, config.cta_token_average
@@ -439,13 +457,6 @@ class MGCAModel(MGCAPreTrainedModel):
             patch_embeds, patch_attended, patch_weights, config.cta_temperature, None, config.cta_token_average
         )
         cta = (lia + lta) / 2 if config.cta_reduction == "mean" else lia + lta
-        image_codes = sinkhorn_knopp(
-            image_scores, config.sinkhorn_epsilon, config.sinkhorn_iterations, config.distributed_sinkhorn
-        )
-        text_codes = sinkhorn_knopp(
-            text_scores, config.sinkhorn_epsilon, config.sinkhorn_iterations, config.distributed_sinkhorn
-        )
-        cpa = cpa_loss(image_scores, text_scores, image_codes, text_codes, config.cpa_temperature)
         output.ita_loss, output.cta_loss, output.cpa_loss = ita, cta, cpa
         output.loss = total_loss(ita, cta, cpa, (config.lambda_ita, config.lambda_cta, config.lambda_cpa))
         return output
