@@ -46,13 +46,18 @@ class StudentTMixture:
     log_likelihood: torch.Tensor | None = None
     converged: bool = False
 
-    def component_log_prob(self, data: torch.Tensor) -> torch.Tensor:
-        """(G, N, K) log pi_k + log T(z_i | mu_k, Sigma_k, nu) (Eq. 2; Gaussian where nu is inf); (N, K) for (N, D)
-        data and G = 1."""
-        data, squeeze = _batched(data)
-        logdet, delta = _logdet_and_mahalanobis(data, self.means, self.covariances, self.covariance_type)
-        out = self.weights.log()[:, None, :] + log_density(delta, logdet, self.nu, data.shape[-1])
+    def log_density(self, data: torch.Tensor) -> torch.Tensor:
+        """(G, N, K) log T(z_i | mu_k, Sigma_k, nu) (Eq. 2; Gaussian where nu is inf); (N, K) for (N, D) data and
+        G = 1."""
+        batched, squeeze = _batched(data)
+        logdet, delta = _logdet_and_mahalanobis(batched, self.means, self.covariances, self.covariance_type)
+        out = student_t_log_density(delta, logdet, self.nu, batched.shape[-1])
         return out[0] if squeeze and len(out) == 1 else out
+
+    def component_log_prob(self, data: torch.Tensor) -> torch.Tensor:
+        """log pi_k + log T(z_i | mu_k, Sigma_k, nu), shaped as ``log_density``."""
+        log_weights = self.weights.log()[:, None, :]
+        return self.log_density(data) + (log_weights[0] if data.dim() == 2 and len(self.weights) == 1 else log_weights)
 
     def responsibilities(self, data: torch.Tensor) -> torch.Tensor:
         """(G, N, K) or (N, K) posterior probabilities tau_ik of each component (soft pseudo-labels)."""
@@ -68,7 +73,7 @@ def pseudo_labels(responsibilities: torch.Tensor, soft: bool = False) -> torch.T
     return responsibilities if soft else responsibilities.argmax(dim=-1)
 
 
-def log_density(delta: torch.Tensor, logdet: torch.Tensor, nu: torch.Tensor, dim: int) -> torch.Tensor:
+def student_t_log_density(delta: torch.Tensor, logdet: torch.Tensor, nu: torch.Tensor, dim: int) -> torch.Tensor:
     """log T of Eq. 2 from Mahalanobis distances ``delta`` (G, N, K), log|Sigma_k| (G, K) and nu (G,)."""
     gaussian = -0.5 * (dim * math.log(2 * math.pi) + logdet[:, None, :] + delta)
     nu_ = nu.clamp(max=1e30)[:, None, None]  # finite stand-in keeps the inf (Gaussian) groups NaN-free below
@@ -211,7 +216,7 @@ def _em(data, mixture, estimate_nu, floor, max_iter, tol) -> StudentTMixture:
     weights, means, covariances, nu = mixture.weights, mixture.means, mixture.covariances, mixture.nu
     for _ in range(max_iter + 1):
         logdet, delta = _logdet_and_mahalanobis(data, means, covariances, mixture.covariance_type)
-        joint = weights.log()[:, None, :] + log_density(delta, logdet, nu, dim)
+        joint = weights.log()[:, None, :] + student_t_log_density(delta, logdet, nu, dim)
         history.append(joint.logsumexp(-1).mean(-1))
         if len(history) > 1 and bool(((history[-1] - history[-2]).abs() < tol).all()):
             converged = True
@@ -227,4 +232,4 @@ def _em(data, mixture, estimate_nu, floor, max_iter, tol) -> StudentTMixture:
     return StudentTMixture(weights, means, covariances, nu, mixture.covariance_type, torch.stack(history), converged)
 
 
-__all__ = ["COVARIANCE_TYPES", "INITS", "StudentTMixture", "fit_student_t_mixture", "kmeans_plusplus", "log_density", "pseudo_labels"]
+__all__ = ["COVARIANCE_TYPES", "INITS", "StudentTMixture", "fit_student_t_mixture", "kmeans_plusplus", "student_t_log_density", "pseudo_labels"]
