@@ -1,4 +1,4 @@
-"""GLoRI attention maps drawn over the radiograph (paper Fig. 7; official notebook recipe).
+"""GLoRI attention maps drawn over the radiograph (paper Fig. 7; official notebook recipe), and ROC curves.
 
 The official visualisation takes a finding's cross-attention over the patch grid, upsamples it bilinearly to the
 image, averages the heads, raises it to the power 0.5 and overlays it with a green colormap whose opacity grows with
@@ -9,6 +9,8 @@ averaging commutes with the (linear) upsampling, so the result is the same.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,7 +66,8 @@ def save_attention_overlays(
     """Save one PNG with a panel per finding: the overlay titled with the finding's name and score.
 
     Args:
-        image: the radiograph (see `overlay_attention`).
+        image: the radiograph (see `overlay_attention`), or its file path (DICOM, PNG, JPEG), read with
+            `load_cxr_image` at full precision.
         findings: `cxr-classification` pipeline results called with `return_attention_maps=True`
             (`{"label", "score", "attention_map"}` each).
         path: output `.png` file.
@@ -74,6 +77,10 @@ def save_attention_overlays(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if isinstance(image, (str, os.PathLike)):
+        from cxrfm.processing import load_cxr_image
+
+        image = load_cxr_image(image)
     if not findings:
         raise ValueError("save_attention_overlays: findings is empty; nothing to draw.")
     missing = [item.get("label", "?") for item in findings if "attention_map" not in item]
@@ -91,6 +98,10 @@ def save_attention_overlays(
         axis.set_title(f"{item['label']} ({item['score']:.2f})", fontsize=9)
     figure.tight_layout()
     path = Path(path)
+    if path.is_dir() or not path.suffix:
+        plt.close(figure)
+        raise ValueError(f"save_attention_overlays: path {str(path)!r} is a folder; pass an image file path such as "
+                         f"{str(path / 'overlay.png')!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -98,4 +109,52 @@ def save_attention_overlays(
     return path
 
 
-__all__ = ["overlay_attention", "save_attention_overlays", "upsample_attention"]
+def save_roc_curves(y_true, y_score, label_names: Sequence[str], folder: str | Path, metrics: dict | None = None
+                    ) -> list[Path]:
+    """One ROC-curve PNG per finding in `folder` (`roc_<finding>.png`); returns their paths.
+
+    Args:
+        y_true, y_score: `(N, C)` labels (1/0; NaN or -1 = not labelled, left out) and scores.
+        label_names: the C finding names.
+        metrics: a `multilabel_metrics` result; its AUROC and CI go in each legend.
+    Findings without both classes among the labelled images get no curve (logged).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"save_roc_curves: {folder} is a file; pass a folder for the PNGs.")
+    folder.mkdir(parents=True, exist_ok=True)
+    labels, scores = np.asarray(y_true, dtype=np.float64), np.asarray(y_score, dtype=np.float64)
+    written = []
+    for column, name in enumerate(label_names):
+        keep = np.isin(labels[:, column], (0.0, 1.0))
+        truth = labels[keep, column]
+        if truth.min(initial=1) == truth.max(initial=0):
+            logger.info("No ROC curve for %s: its labelled images are all one class.", name)
+            continue
+        fpr, tpr, _ = roc_curve(truth, scores[keep, column])
+        legend = name
+        entry = (metrics or {}).get("per_class", {}).get(name)
+        if entry and entry.get("auroc") is not None:
+            ci = entry.get("auroc_ci")
+            legend += f": AUROC {entry['auroc']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+        figure, axis = plt.subplots(figsize=(4, 4))
+        axis.plot(fpr, tpr, label=legend)
+        axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+        axis.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
+                 title=f"{name} (n={int(keep.sum())}, {int(truth.sum())} positive)")
+        axis.legend(loc="lower right", fontsize=7)
+        figure.tight_layout()
+        path = folder / f"roc_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+__all__ = ["overlay_attention", "save_attention_overlays", "save_roc_curves", "upsample_attention"]
