@@ -234,6 +234,71 @@ def _run_glori(args: argparse.Namespace) -> Path:
                               args.n_last_blocks, args.num_heads, args.overwrite)
 
 
+def convert_mgca_file(
+    src: Path, out_dir: Path, preset: str | None = None, tokenizer_dir: Path | None = None, overwrite: bool = False
+) -> Path:
+    """Convert an official MGCA Lightning checkpoint (`vit_base.ckpt`, `resnet_50.ckpt`) into an
+    `MGCAModel.save_pretrained` folder; the preset comes from `hyper_parameters.img_encoder` unless given.
+
+    The checkpoint loads with `weights_only=True` (its hyper-parameters are plain Python values). `out_dir` also
+    gets the image processor (the official evaluation transform: 224 px, mean = std = 0.5) and, with
+    `tokenizer_dir` (e.g. a local Bio_ClinicalBERT), an `MGCAProcessor` with the official text cleaning. The
+    folder is reloaded and its embeddings compared with the converted model's before returning.
+    """
+    import torch
+
+    from cxrfm.modeling.mgca import MGCAModel, MGCAProcessor
+    from cxrfm.modeling.mgca.convert_mgca import convert_mgca_checkpoint
+    from cxrfm.processing import CXRImageProcessor
+
+    src, out_dir = Path(src), Path(out_dir)
+    _refuse_non_empty(out_dir, overwrite)
+    try:
+        config, state_dict = convert_mgca_checkpoint(load_checkpoint(src), preset)
+    except ValueError as error:
+        raise ValueError(f"{src}: {error}") from error
+    model = MGCAModel(config).eval()
+    model.load_state_dict(state_dict, strict=True)
+    model.save_pretrained(out_dir)
+    size = config.image_size
+    image_processor = CXRImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        MGCAProcessor(image_processor, tokenizer, clean_text=True, max_length=112).save_pretrained(out_dir)
+    else:
+        image_processor.save_pretrained(out_dir)
+
+    reloaded = MGCAModel.from_pretrained(out_dir).eval()
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(2, 3, size, size, generator=generator)
+    input_ids = torch.randint(1000, config.text_config.vocab_size, (2, 8), generator=generator)
+    with torch.inference_mode():
+        expected, got = model(pixel_values, input_ids, return_loss=False), reloaded(pixel_values, input_ids, return_loss=False)
+    if not (torch.equal(expected.image_embeds, got.image_embeds) and torch.equal(expected.text_embeds, got.text_embeds)):
+        raise RuntimeError(f"Reloaded {out_dir} gives different embeddings from the converted checkpoint {src}.")
+    logger.info("Converted %s (%s, %d tensors) -> %s", src, config.vision_backbone, len(state_dict), out_dir)
+    return out_dir
+
+
+def _add_mgca_arguments(parser: argparse.ArgumentParser) -> None:
+    from cxrfm.modeling.mgca import MGCA_PRESETS
+
+    parser.add_argument("src", type=Path, help="official MGCA Lightning .ckpt (read with torch.load(weights_only=True))")
+    parser.add_argument("out_dir", type=Path, help="output folder for MGCAModel.save_pretrained")
+    parser.add_argument("--preset", choices=sorted(MGCA_PRESETS), default=None,
+                        help="architecture preset (default: from hyper_parameters.img_encoder)")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder saved into an MGCAProcessor")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+
+
+def _run_mgca(args: argparse.Namespace) -> Path:
+    return convert_mgca_file(args.src, args.out_dir, args.preset, args.tokenizer, args.overwrite)
+
+
 CONVERTERS: dict[str, Converter] = {
     "chexfound": Converter(
         help="CheXFound / DINOv2 teacher, student, SSLMetaArch or bare backbone checkpoint",
@@ -244,6 +309,11 @@ CONVERTERS: dict[str, Converter] = {
         help="CheXFound GLoRI or linear-probe head (e.g. glori.pth) + a converted backbone folder",
         add_arguments=_add_glori_arguments, run=_run_glori,
         description=convert_glori_file.__doc__.split("\n\n")[0],
+    ),
+    "mgca": Converter(
+        help="MGCA Lightning checkpoint (official vit_base.ckpt / resnet_50.ckpt)",
+        add_arguments=_add_mgca_arguments, run=_run_mgca,
+        description=convert_mgca_file.__doc__.split("\n\n")[0],
     ),
 }
 

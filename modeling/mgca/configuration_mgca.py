@@ -94,6 +94,18 @@ MGCA_PRESETS: dict[str, dict] = {
         "projection_hidden_size": 32,
         "num_prototypes": 8,
     },
+    "tiny-official-resnet50": {
+        **_OFFICIAL,
+        "normalize_image_to_word_output": True,
+        "vision_backbone": "resnet50",
+        "vision_kwargs": TINY_RESNET,
+        "image_size": 32,
+        "resnet_upsample_size": 64,
+        "text_config": TINY_TEXT,
+        "projection_dim": 16,
+        "projection_hidden_size": 32,
+        "num_prototypes": 8,
+    },
 }
 
 
@@ -292,7 +304,7 @@ class MGCAConfig(PreTrainedConfig):
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MGCAConfig":
         """Config of a named preset in `MGCA_PRESETS` (`paper`, `official`, `official-resnet50`, `tiny`,
-        `tiny-official`, `tiny-resnet`); keyword arguments override preset fields."""
+        `tiny-official`, `tiny-resnet`, `tiny-official-resnet50`); keyword arguments override preset fields."""
         if name not in MGCA_PRESETS:
             raise ValueError(f"Unknown MGCA preset {name!r}; choose one of {sorted(MGCA_PRESETS)}.")
         kwargs = {key: (dict(value) if isinstance(value, dict) else value) for key, value in MGCA_PRESETS[name].items()}
