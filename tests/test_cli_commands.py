@@ -187,3 +187,11 @@ def test_attention_overlays_take_an_image_path_and_refuse_a_folder_as_output(fil
     assert Image.open(out).size == (300, 330)
     with pytest.raises(ValueError, match="is a folder; pass an image file path such as"):
         save_attention_overlays(files / "a16.png", findings, tmp_path)
+
+
+def test_train_glori_names_a_missing_backbone_folder(tmp_path, monkeypatch):
+    from cxrfm.training.train_glori import ModelArguments, build_model
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"backbone './no_such_model': no such folder .* Or use a preset name"):
+        build_model(ModelArguments(backbone="./no_such_model"), ["Edema"])

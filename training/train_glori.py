@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
 
 from cxrfm.evaluation import format_table, multilabel_metrics
+from cxrfm.hub import resolve_model_path
 from cxrfm.modeling.chexfound import CheXFoundConfig, CheXFoundModel
 from cxrfm.modeling.chexfound.configuration_chexfound import CHEXFOUND_PRESETS
 from cxrfm.modeling.chexfound.modeling_glori import GLoRIForMultiLabel, masked_multilabel_bce_loss
@@ -350,7 +351,12 @@ def build_model(model_args: ModelArguments, label_names: list[str]) -> tuple[GLo
         backbone = CheXFoundModel(CheXFoundConfig.from_preset(model_args.backbone))
         logger.warning("Backbone preset %r has RANDOM weights (tests/demos only).", model_args.backbone)
     else:
-        backbone = CheXFoundModel.from_pretrained(model_args.backbone)
+        # A missing folder is named as such (and the presets listed), not reported as a malformed Hub repo id.
+        try:
+            path = resolve_model_path(model_args.backbone, "backbone")
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error} Or use a preset name: {sorted(CHEXFOUND_PRESETS)}.") from None
+        backbone = CheXFoundModel.from_pretrained(path)
     head_kwargs = {name: getattr(model_args, name) for name in _HEAD_FIELDS if getattr(model_args, name) is not None}
     model = GLoRIForMultiLabel.from_backbone(backbone, head=model_args.head, id2label=dict(enumerate(label_names)),
                                              **head_kwargs)
