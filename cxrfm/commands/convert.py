@@ -299,6 +299,43 @@ def _run_mgca(args: argparse.Namespace) -> Path:
     return convert_mgca_file(args.src, args.out_dir, args.preset, args.tokenizer, args.overwrite)
 
 
+def convert_dinov2_hf_file(src: Path, out_dir: Path, overwrite: bool = False) -> Path:
+    """Convert a transformers `Dinov2Model` folder (e.g. RAD-DINO) into a `CheXFoundModel.save_pretrained` folder
+    with identical outputs (checked before saving). The source's image mean/std, when it has a preprocessor, go
+    into the saved `CXRImageProcessor`. There are no DINO/iBOT heads to keep; continued pretraining initialises them."""
+    import json
+
+    from transformers import Dinov2Model
+
+    from cxrfm.modeling.chexfound.convert_dinov2_hf import convert_dinov2_model
+    from cxrfm.processing import CXRImageProcessor
+
+    src, out_dir = Path(src), Path(out_dir)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: no config.json (expected a transformers Dinov2Model folder).")
+    _refuse_non_empty(out_dir, overwrite)
+    model = convert_dinov2_model(Dinov2Model.from_pretrained(src))
+    model.save_pretrained(out_dir)
+    size = model.config.image_size
+    stats = {}
+    if (src / "preprocessor_config.json").is_file():
+        source = json.loads((src / "preprocessor_config.json").read_text())
+        stats = {k: source[k] for k in ("image_mean", "image_std") if k in source}
+    CXRImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                      num_channels=model.config.num_channels, **stats).save_pretrained(out_dir)
+    return out_dir
+
+
+def _add_dinov2_hf_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, help="transformers Dinov2Model folder (config.json + weights)")
+    parser.add_argument("out_dir", type=Path, help="output folder for the CheXFoundModel save_pretrained")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+
+
+def _run_dinov2_hf(args: argparse.Namespace) -> Path:
+    return convert_dinov2_hf_file(args.src, args.out_dir, args.overwrite)
+
+
 CONVERTERS: dict[str, Converter] = {
     "chexfound": Converter(
         help="CheXFound / DINOv2 teacher, student, SSLMetaArch or bare backbone checkpoint",
@@ -314,6 +351,11 @@ CONVERTERS: dict[str, Converter] = {
         help="MGCA Lightning checkpoint (official vit_base.ckpt / resnet_50.ckpt)",
         add_arguments=_add_mgca_arguments, run=_run_mgca,
         description=convert_mgca_file.__doc__.split("\n\n")[0],
+    ),
+    "dinov2-hf": Converter(
+        help="transformers Dinov2Model folder (RAD-DINO layout) -> CheXFoundModel with identical outputs",
+        add_arguments=_add_dinov2_hf_arguments, run=_run_dinov2_hf,
+        description=convert_dinov2_hf_file.__doc__.split("\n\n")[0],
     ),
 }
 
