@@ -10,6 +10,7 @@ import torch
 from transformers import AutoProcessor
 
 from cxrfm.modeling.relaxed_clip import RelaxedCLIPModel, clip_loss
+from cxrfm.training.recipe import BatchGenerators
 from cxrfm.training.finetune_clip import (
     FinetuneCLIPArguments,
     ImageReportCollator,
@@ -43,9 +44,9 @@ def test_cli_overrides_yaml_and_unknown_keys_fail(tmp_path):
     with pytest.raises(ValueError, match=r"bad.yaml: unknown keys \['lerning_rate'\]"):
         parse_args(["--config", str(bad)])
     with pytest.raises(ValueError, match="objective must be one of"):
-        FinetuneCLIPArguments(objective="simclr")
+        FinetuneCLIPArguments(output_dir="o", objective="simclr")
     with pytest.raises(ValueError, match="data_root"):
-        FinetuneCLIPArguments(dataset="mimic-cxr")
+        FinetuneCLIPArguments(output_dir="o", dataset="mimic-cxr")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,8 @@ def test_collator_views_and_loss_terms(tiny_setup, objective, views, terms):
     args = FinetuneCLIPArguments(**{**args.__dict__, "objective": objective})
     rng = np.random.default_rng(0)
     rows = [{"image": rng.integers(0, 256, (40, 40), dtype=np.uint8), "report": REPORT} for _ in range(4)]
-    collator = ImageReportCollator(processor, args, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    generators = BatchGenerators(numpy=np.random.default_rng(0), torch=torch.Generator().manual_seed(0))
+    collator = ImageReportCollator(processor, args, generators)
     batch = collator(rows)
     assert {key for key in batch if "pixel" in key} == views
     assert all(batch[view].shape == (4, 3, 32, 32) for view in views)
@@ -95,7 +97,7 @@ def test_tiny_run_with_lora_keeps_best_checkpoints(tmp_path):
     summary = train(args)
     assert len(summary["validation_auroc"]) == 2
     assert all(0.0 <= score <= 1.0 for _, score in summary["validation_auroc"])
-    assert all(math.isfinite(loss) for _, loss in summary["losses"])
+    assert all(math.isfinite(record["loss"]) for record in summary["history"])
     (kept, score), = summary["checkpoints"]
     assert score == max(score for _, score in summary["validation_auroc"])
     assert json.loads((tmp_path / "selection.json").read_text())["checkpoints"][0][0] == kept
@@ -103,3 +105,51 @@ def test_tiny_run_with_lora_keeps_best_checkpoints(tmp_path):
     assert type(AutoProcessor.from_pretrained(kept)) is CXRCLIPProcessor
     assert (Path(kept) / "adapter" / "adapter_config.json").is_file()
     assert model.config.relax_positives
+
+
+def reference_clip_loss(image_embeds, text_embeds, temperature, threshold, alpha) -> float:
+    """Eq. (2) with Eq. (3) on the positive pairs, written out in float64 numpy (independent of the package)."""
+    u = image_embeds.detach().double().numpy()
+    v = text_embeds.detach().double().numpy()
+    u, v = u / np.linalg.norm(u, axis=1, keepdims=True), v / np.linalg.norm(v, axis=1, keepdims=True)
+    cosine = u @ v.T
+    x = np.diag(cosine).copy()
+    relaxed = np.where(x >= threshold, 1 / (1 + np.exp(-alpha * (x - threshold))), np.where(x >= 0, x / (2 * threshold), x))
+    np.fill_diagonal(cosine, relaxed)
+    logits = cosine / float(temperature)
+
+    def cross_entropy(rows):
+        rows = rows - rows.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(rows).sum(axis=1)) - np.diag(rows)))
+
+    return (cross_entropy(logits) + cross_entropy(logits.T)) / 2
+
+
+def test_non_default_threshold_and_alpha_reach_the_loss_from_the_yaml(tmp_path):
+    """Test gap (issue 8, item 7): t = 0.3 and alpha = 4 set in a YAML file must reach the model's config, the
+    model's own loss and the recipe's objective, and the loss must be Eq. (3) at THOSE values."""
+    config = tmp_path / "relax.yaml"
+    text = (CONFIGS / "finetune_clip_tiny.yaml").read_text()
+    assert "relax_threshold: 0.5\n" in text and "relax_alpha: 10.0\n" in text
+    config.write_text(text.replace("relax_threshold: 0.5\n", "relax_threshold: 0.3\n")
+                      .replace("relax_alpha: 10.0\n", "relax_alpha: 4.0\n"))
+    args = parse_args(["--config", str(config), "--output_dir", str(tmp_path / "out")])
+    assert (args.relax_threshold, args.relax_alpha) == (0.3, 4.0)
+    model, tokenizer = build_model_and_tokenizer(args)
+    assert (model.config.relax_threshold, model.config.relax_alpha, model.config.relax_positives) == (0.3, 4.0, True)
+    model.eval()
+    image_processor = CXRImageProcessor(size=32, crop_size=32, image_mean=args.image_mean, image_std=args.image_std)
+    processor = CXRCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    rng = np.random.default_rng(0)
+    rows = [{"image": rng.integers(0, 256, (40, 40), dtype=np.uint8), "report": REPORT} for _ in range(6)]
+    batch = ImageReportCollator(processor, args, BatchGenerators(numpy=np.random.default_rng(0),
+                                                                 torch=torch.Generator().manual_seed(0)))(rows)
+    with torch.no_grad():
+        out = model(**batch, return_loss=True)
+        temperature = model.temperature()
+        expected = reference_clip_loss(out.image_embeds, out.text_embeds, temperature, 0.3, 4.0)
+        default = reference_clip_loss(out.image_embeds, out.text_embeds, temperature, 0.5, 10.0)
+        assert abs(expected - default) > 1e-2, (expected, default)  # the check below can tell the settings apart
+        assert out.loss.item() == pytest.approx(expected, rel=1e-5)  # the model reads its config, not fixed values
+        recipe_terms = compute_losses(model, batch, args, temperature, rank=0)
+        assert recipe_terms["clip_loss"].item() == pytest.approx(expected, rel=1e-5)

