@@ -1,10 +1,12 @@
 """cxrfm: chest X-ray foundation models as Hugging Face models.
 
 ``import cxrfm`` registers every model family, the image processor, the CLIP processor and the
-``cxr-classification`` / ``cxr-zero-shot-classification`` pipelines with transformers, so
-``AutoModel.from_pretrained(folder)`` and ``pipeline(task, model=folder)`` resolve to the installed
-code (the library route). Folders saved by cxrfm also carry their own code for
-``trust_remote_code=True`` where cxrfm is not installed (the Hub route).
+``cxr-classification`` / ``cxr-feature-extraction`` / ``cxr-zero-shot-classification`` pipelines with transformers
+(each module registers its own classes), so ``AutoModel.from_pretrained(folder)`` and ``pipeline(task,
+model=folder)`` resolve to the installed code without ``trust_remote_code`` (the library route). Folders saved by
+cxrfm also carry their own code for ``trust_remote_code=True`` where cxrfm is not installed (the Hub route).
+Dataset loaders, evaluation and recipes are imported on demand (``cxrfm.processing.datasets``,
+``cxrfm.evaluation``, ``cxrfm.training``), not here.
 """
 
 __version__ = "0.1.0.dev0"
@@ -17,10 +19,8 @@ from .modeling import (  # noqa: E402
     RelaxedCLIPConfig,
     RelaxedCLIPModel,
 )
-from .processing import CXRImageProcessor  # noqa: E402
-from .processing.processing_clip import CXRCLIPProcessor  # noqa: E402
-from . import pipelines as _pipelines  # noqa: E402,F401  (registers cxr-classification)
-from .evaluation import zero_shot as _zero_shot  # noqa: E402,F401  (registers cxr-zero-shot-classification)
+from .processing import CXRCLIPProcessor, CXRImageProcessor  # noqa: E402
+from . import pipelines  # noqa: E402,F401  (the three task classes, each registered by its own module)
 
 __all__ = [
     "CXRCLIPProcessor",

@@ -1,8 +1,10 @@
-"""Image and report processing: the CXR image processor, report text, dataset loaders.
+"""Image and report processing: the CXR image processor, the CLIP processor, report text, dataset loaders.
 
-Importing ``image_processing_cxr`` registers ``CXRImageProcessor`` with ``AutoImageProcessor``.
+Importing this package registers ``CXRImageProcessor`` (``AutoImageProcessor``) and ``CXRCLIPProcessor``
+(``AutoProcessor``); the dataset loaders are imported only when ``cxrfm.processing.datasets`` is.
 """
 
 from .image_processing_cxr import CXRImageProcessor, load_cxr_image, read_dicom
+from .processing_clip import CXRCLIPProcessor
 
-__all__ = ["CXRImageProcessor", "load_cxr_image", "read_dicom"]
+__all__ = ["CXRCLIPProcessor", "CXRImageProcessor", "load_cxr_image", "read_dicom"]

@@ -44,6 +44,7 @@ import io
 import logging
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,13 +57,22 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-try:  # optional: only DICOM inputs need it, and remote code must load without it
-    import pydicom
-    from pydicom.dataset import Dataset as _DicomDataset
-    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
-except ImportError:
-    pydicom = None
-    _DicomDataset = None
+
+def _pydicom(name: str):
+    """pydicom, imported on the first DICOM input: it is optional (remote code must load without it) and takes
+    about half a second to import."""
+    try:
+        import pydicom
+        import pydicom.pixels
+    except ImportError:
+        raise ImportError(f"{name}: reading DICOM needs pydicom (`pip install pydicom`).") from None
+    return pydicom
+
+
+def _is_dicom_dataset(source: Any) -> bool:
+    # A pydicom Dataset can exist only once pydicom has been imported; no import needed to check.
+    module = sys.modules.get("pydicom.dataset")
+    return module is not None and isinstance(source, module.Dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +108,7 @@ def _describe(source: Any) -> str:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"{len(source)} bytes"
     filename = getattr(source, "filename", None)
-    if _DicomDataset is not None and isinstance(source, _DicomDataset):
+    if _is_dicom_dataset(source):
         return f"pydicom dataset {filename!r}" if filename else "pydicom dataset"
     return type(source).__name__
 
@@ -147,7 +157,7 @@ def load_cxr_image(
         image, meta = _read_file(os.fspath(source), name, apply_voi_lut)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         image, meta = _read_bytes(bytes(source), name, apply_voi_lut)
-    elif _DicomDataset is not None and isinstance(source, _DicomDataset):
+    elif _is_dicom_dataset(source):
         image, meta = read_dicom(source, apply_voi_lut=apply_voi_lut, name=name)
     elif isinstance(source, Image.Image):
         image, meta = _read_pil(source, name)
@@ -205,14 +215,13 @@ def _read_bytes(data: bytes, name: str, apply_voi_lut: bool) -> tuple[np.ndarray
         image = Image.open(io.BytesIO(data))
         image.load()  # decode now so truncated/corrupt files fail here, with the name
     except UnidentifiedImageError:
-        # DICOM files without the 128-byte preamble have no magic number: let pydicom try.
-        if pydicom is not None:
-            try:
-                dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-            except Exception:
-                dataset = None
-            if dataset is not None and "PixelData" in dataset:
-                return read_dicom(dataset, apply_voi_lut=apply_voi_lut, name=name)
+        # DICOM files without the 128-byte preamble have no magic number: let pydicom try (when installed).
+        try:
+            dataset = _pydicom(name).dcmread(io.BytesIO(data), force=True)
+        except Exception:
+            dataset = None
+        if dataset is not None and "PixelData" in dataset:
+            return read_dicom(dataset, apply_voi_lut=apply_voi_lut, name=name)
         raise ValueError(
             f"{name}: not a readable image: neither Pillow (PNG, JPEG, ...) nor pydicom (DICOM) recognise it."
         ) from None
@@ -331,8 +340,7 @@ def read_dicom(
         ``pixel_spacing`` (mm, or None).
     """
     name = name or _describe(source)
-    if pydicom is None:
-        raise ImportError(f"{name}: reading DICOM needs pydicom (`pip install pydicom`).")
+    pixels_module = _pydicom(name).pixels
     dataset = _as_dicom_dataset(source, name)
     if "PixelData" not in dataset:
         raise ValueError(f"{name}: the DICOM file has no Pixel Data element (7FE0,0010).")
@@ -370,18 +378,18 @@ def read_dicom(
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"{name}: unsupported grayscale Photometric Interpretation {photometric!r}.")
 
-    values = apply_modality_lut(pixels, dataset)
+    values = pixels_module.apply_modality_lut(pixels, dataset)
     low, high = _modality_output_range(dataset, bits_stored)
     if apply_voi_lut:
         try:
             if _has_voi_lut_sequence(dataset):
                 if np.issubdtype(values.dtype, np.floating) and np.array_equal(values, np.round(values)):
                     values = values.astype(np.int64)  # the LUT is indexed by integer values
-                values = apply_voi(values, dataset)
+                values = pixels_module.apply_voi(values, dataset)
                 low, high = 0.0, float(2 ** int(dataset.VOILUTSequence[0].LUTDescriptor[2]) - 1)
                 meta["voi"] = "lut"
             elif "WindowCenter" in dataset and "WindowWidth" in dataset:
-                values = apply_windowing(values, dataset)  # output spans the same [low, high]
+                values = pixels_module.apply_windowing(values, dataset)  # output spans the same [low, high]
                 meta["voi"] = "window"
                 meta["window"] = (_first_value(dataset, "WindowCenter"), _first_value(dataset, "WindowWidth"))
         except (ValueError, NotImplementedError) as error:
@@ -397,14 +405,14 @@ def read_dicom(
 
 
 def _as_dicom_dataset(source: Any, name: str):
-    if isinstance(source, _DicomDataset):
+    if _is_dicom_dataset(source):
         return source
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise FileNotFoundError(f"{name}: no such file.")
     try:
-        return pydicom.dcmread(source, force=True)
+        return _pydicom(name).dcmread(source, force=True)
     except Exception as error:
         raise ValueError(f"{name}: cannot parse the DICOM file (corrupt or truncated?): {error}") from error
 
@@ -541,6 +549,12 @@ class CXRImageProcessor(BaseImageProcessor):
         if kwargs.get("do_center_crop"):
             _check_size_keys(kwargs["crop_size"], "crop_size", allowed=({"height", "width"},))
 
+    def fetch_images(self, image_url_or_urls):
+        """Return the inputs unchanged: :func:`load_cxr_image` reads paths, bytes and DICOM itself at full
+        precision. transformers' default (used by ``ProcessorMixin.__call__``) decodes paths with ``load_image``
+        to 8-bit RGB, which turns a 16-bit PNG white and cannot read DICOM."""
+        return image_url_or_urls
+
     def _preprocess_image_like_inputs(self, images, *args, **kwargs) -> BatchFeature:
         if isinstance(images, (list, tuple)):
             if len(images) == 0:
@@ -577,6 +591,10 @@ class CXRImageProcessor(BaseImageProcessor):
         **unused,
     ) -> torch.Tensor:
         """float32 grey (H, W) -> float32 (num_channels, H', W')."""
+        if do_minmax_rescale:
+            # Checked before resizing: resampling ripple would give a constant image a spurious range that
+            # min-max then stretches to [0, 1].
+            _check_not_constant(grey, name)
         image = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]  # (1, 1, H, W)
         if do_resize:
             image = resize_grey(image, _resize_output_size(image.shape[-2:], size), resample)
@@ -656,6 +674,15 @@ def center_crop_grey(image: torch.Tensor, crop_size: tuple[int, int], name: str 
     top = int(round((height - crop_height) / 2.0))
     left = int(round((width - crop_width) / 2.0))
     return image[..., top : top + crop_height, left : left + crop_width]
+
+
+def _check_not_constant(grey: np.ndarray, name: str) -> None:
+    low, high = float(grey.min()), float(grey.max())
+    if not high > low:
+        raise ValueError(
+            f"{name}: the image is constant (every pixel = {low:g}), so min-max rescaling is undefined; check the "
+            "file, or set do_minmax_rescale=False."
+        )
 
 
 def minmax_rescale(image: torch.Tensor, name: str = "image") -> torch.Tensor:

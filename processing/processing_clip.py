@@ -2,10 +2,12 @@
 `AutoProcessor` (as `CLIPProcessor` is for CLIP). Report text handling (sections, sentence sampling) happens before,
 in the training collator; this class only tokenises.
 
-This file is copied next to saved models as remote code: it imports only transformers and its sibling
-`image_processing_cxr.py`.
+Images reach `CXRImageProcessor` unchanged (its `fetch_images` keeps paths, bytes and DICOM for its own
+full-precision reader). This file is copied next to saved models as remote code (`custom_object_save` copies it and
+its sibling `image_processing_cxr.py`): it imports only transformers and that sibling.
 """
 
+from transformers import AutoProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from .image_processing_cxr import CXRImageProcessor
@@ -31,5 +33,13 @@ class CXRCLIPProcessor(ProcessorMixin):
     def __init__(self, image_processor: CXRImageProcessor | None = None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer)
 
+
+# Hub route: save_pretrained copies this file (and image_processing_cxr.py) and writes auto_map.AutoProcessor.
+CXRCLIPProcessor.register_for_auto_class("AutoProcessor")
+# Library route: AutoProcessor.from_pretrained(folder) looks the saved `processor_class` name up among registered
+# processors, so the key is the class name (the processor serves any dual encoder, no single config class owns it).
+# Only the installed package registers: a remote-code copy must not claim the name.
+if __name__.split(".")[0] == "cxrfm":
+    AutoProcessor.register("CXRCLIPProcessor", CXRCLIPProcessor, exist_ok=True)
 
 __all__ = ["CXRCLIPProcessor"]

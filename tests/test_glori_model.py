@@ -9,11 +9,8 @@ from transformers import AutoConfig, AutoModelForImageClassification
 
 from cxrfm.modeling import GLoRIConfig, GLoRIForMultiLabel
 from cxrfm.modeling.chexfound.configuration_chexfound import CheXFoundConfig
-from cxrfm.modeling.chexfound.modeling_glori import (
-    convert_glori_checkpoint,
-    infer_head_config,
-    masked_multilabel_bce_loss,
-)
+from cxrfm.modeling.chexfound.convert_glori import convert_glori_checkpoint, infer_head_config
+from cxrfm.modeling.chexfound.modeling_glori import masked_multilabel_bce_loss
 
 LABELS = {0: "Cardiomegaly", 1: "Edema", 2: "Pleural Effusion"}
 
@@ -212,8 +209,12 @@ def test_cli_convert_glori_reproduces_official_outputs(tmp_path):
     from cxrfm.cli import main as cli_main
     from cxrfm.modeling import CheXFoundModel
 
+    from cxrfm.contract import check_folder
+    from cxrfm.processing import CXRImageProcessor
+
     config = tiny_config(cat_cls=False)
     CheXFoundModel(config.backbone_config).save_pretrained(tmp_path / "backbone")
+    CXRImageProcessor(size=32, crop_size=32).save_pretrained(tmp_path / "backbone")
     official = official_state_dict(config, cat_cls=False, seed=3)
     torch.save({"model": {f"module.classifiers_dict.glori.{k}": v for k, v in official.items()}, "iteration": 1},
                tmp_path / "glori.pth")
@@ -225,4 +226,6 @@ def test_cli_convert_glori_reproduces_official_outputs(tmp_path):
     features = random_features(config, seed=5)
     expected, _ = reference_glori_logits(official, *features, config.num_heads, cat_cls=False)
     torch.testing.assert_close(model(backbone_features=features).logits, expected, atol=1e-5, rtol=1e-5)
+    # the converted folder keeps the Hub contract: auto_map, cxr-classification code and config, processor
+    assert check_folder(tmp_path / "out") == []
     assert cli_main(argv) == 2  # non-empty output folder without --overwrite: a clear error, exit code 2

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -375,7 +376,7 @@ def test_remote_code_files_and_auto_map(tmp_path):
 def test_module_is_self_contained_for_remote_code():
     """Only numpy, PIL, torch, transformers, the standard library, and pydicom inside try/except."""
     tree = ast.parse(SOURCE_FILE.read_text())
-    standard_library = {"io", "logging", "os", "struct", "collections", "typing", "__future__"}
+    standard_library = {"io", "logging", "os", "struct", "sys", "collections", "typing", "__future__"}
     allowed = {"numpy", "PIL", "torch", "transformers"} | standard_library
     guarded = {node for block in ast.walk(tree) if isinstance(block, ast.Try) for node in ast.walk(block)}
     for node in ast.walk(tree):
@@ -449,6 +450,38 @@ def test_bad_arrays_name_the_input_and_the_reason(bad, error, message):
     good = np.arange(64, dtype=np.float32).reshape(8, 8)
     with pytest.raises(error, match=message):
         CXRImageProcessor(size=8, crop_size=8)([good, bad], return_tensors="pt")
+
+
+@pytest.mark.parametrize("shape", [(44, 40), (32, 32), (7, 300)])
+@pytest.mark.parametrize("as_pil", [False, True])
+def test_constant_images_are_rejected_before_resizing_at_any_size(shape, as_pil):
+    """Resampling ripple used to give a 44x40 constant image values from -2.1 to 2.6 after min-max rescaling."""
+    constant = np.full(shape, 37, np.uint8)
+    image = Image.fromarray(constant) if as_pil else constant
+    with pytest.raises(ValueError, match=r"images \(.*\): the image is constant \(every pixel = 0.145"):
+        CXRImageProcessor(size=32, crop_size=32)(image, return_tensors="pt")
+    # without min-max rescaling a constant image is valid input
+    out = CXRImageProcessor(size=32, crop_size=32, do_minmax_rescale=False, do_normalize=False)(image, return_tensors="pt")
+    torch.testing.assert_close(out["pixel_values"], torch.full((1, 3, 32, 32), 37 / 255))
+
+
+def test_fetch_images_keeps_paths_for_the_full_precision_reader(tmp_path):
+    """ProcessorMixin.__call__ runs image_processor.fetch_images first; transformers' default decodes paths to 8-bit."""
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(np.array([[20913, 55181], [30000, 40000]], np.uint16)).save(path)
+    processor = CXRImageProcessor(size=2, crop_size=2, do_minmax_rescale=False, do_normalize=False)
+    assert processor.fetch_images([str(path)]) == [str(path)]
+    values = processor(processor.fetch_images(str(path)), return_tensors="pt")["pixel_values"][0, 0]
+    torch.testing.assert_close(values, torch.tensor([[20913, 55181], [30000, 40000]]) / 65535.0)
+
+
+def test_dicom_without_pydicom_says_so_in_one_line(tmp_path, monkeypatch):
+    path = save_dicom(make_dicom(np.arange(64, dtype=np.uint16).reshape(8, 8)), tmp_path / "x.dcm")
+    for name in [name for name in sys.modules if name == "pydicom" or name.startswith("pydicom.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # `import pydicom` now raises ImportError
+    with pytest.raises(ImportError, match=r"^images \('.*x\.dcm'\): reading DICOM needs pydicom \(`pip install pydicom`\)\.$"):
+        CXRImageProcessor(size=8, crop_size=8)(str(path))
 
 
 def test_single_input_is_named_images():

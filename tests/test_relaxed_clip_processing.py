@@ -1,18 +1,15 @@
-"""CXRCLIPProcessor (AutoProcessor round trip, remote code with nothing of ours installed) and the paper's weak /
-strong augmentations."""
+"""CXRCLIPProcessor (AutoProcessor round trip, full-precision reading of paths, bytes and DICOM) and the paper's weak /
+strong augmentations. Loading as remote code with nothing of ours installed: tests/test_family_contract.py."""
 
+import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoProcessor, AutoTokenizer, BertModel
+from PIL import Image
+from transformers import AutoProcessor, AutoTokenizer
 
-from cxrfm.modeling.relaxed_clip import RelaxedCLIPConfig, RelaxedCLIPModel
 from cxrfm.processing.augment_cxr import (
     AugmentationParams,
     CXRAugmentation,
@@ -66,66 +63,34 @@ def test_processor_outputs_and_autoprocessor_round_trip(tokenizer, tmp_path):
         torch.testing.assert_close(again[key], batch[key])
 
 
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    sys.modules["cxrfm"] = None  # nothing of ours is importable in this process
-    import numpy as np, torch
-    from transformers import AutoModel, AutoProcessor
-    folder, out = sys.argv[1], sys.argv[2]
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, size=(40 + 8 * i, 36), dtype=np.uint8) for i in range(2)]
-    inputs = processor(images=images, text=sys.argv[3:], return_tensors="pt")
-    with torch.no_grad():
-        torch.save(model(**inputs).logits_per_image, out)
-    """
-)
+def test_paths_bytes_and_dicom_reach_the_image_processor_at_full_precision(tokenizer, tmp_path):
+    """ProcessorMixin.__call__ used to decode paths with load_image: a 16-bit PNG (20,913-55,181) came out all 255
+    (then rejected as constant) and DICOM failed. The remote-code route is covered by tests/test_family_contract.py."""
+    from dicom_fixtures import make_dicom, save_dicom
 
-
-@pytest.mark.slow
-def test_saved_model_and_processor_load_as_remote_code_without_cxrfm(tokenizer, tmp_path):
-    tiny = RelaxedCLIPConfig.from_preset("tiny")
-    vision = RelaxedCLIPModel(tiny).vision_model
-    text = BertModel(
-        RelaxedCLIPConfig(
-            text_config={"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
-                         "num_attention_heads": 2, "intermediate_size": 64}
-        ).text_config
-    )
-    model = RelaxedCLIPModel.from_towers(vision, text, projection_dim=16, text_pooling="cls").eval()
     processor = tiny_processor(tokenizer)
-    folder = tmp_path / "relaxed-clip-tiny"
-    # the Hub route: write auto_map and copy the code next to the weights (default Auto class of each)
-    hub_classes = (RelaxedCLIPConfig, RelaxedCLIPModel, CXRImageProcessor, CXRCLIPProcessor)
-    previous = {cls: cls.__dict__.get("_auto_class") for cls in hub_classes}
-    for cls in hub_classes:
-        cls.register_for_auto_class()
-    try:
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-    finally:
-        for cls, value in previous.items():
-            cls._auto_class = value
-    copied = sorted(name for name in os.listdir(folder) if name.endswith(".py"))
-    assert copied == [
-        "configuration_relaxed_clip.py", "image_processing_cxr.py", "losses_relaxed_clip.py",
-        "modeling_relaxed_clip.py", "processing_clip.py",
-    ], copied
-
-    inputs = processor(images=grey_images(), text=REPORTS, return_tensors="pt")
-    with torch.no_grad():
-        expected = model(**inputs).logits_per_image
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "logits.pt"), *REPORTS],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    rng = np.random.default_rng(0)
+    sixteen = rng.integers(20913, 55182, size=(40, 36)).astype(np.uint16)
+    png = tmp_path / "sixteen.png"
+    Image.fromarray(sixteen).save(png)
+    expected = processor.image_processor(sixteen, return_tensors="pt")["pixel_values"]
+    for image in (str(png), png, png.read_bytes()):
+        batch = processor(images=image, text=REPORTS[:1], return_tensors="pt")
+        torch.testing.assert_close(batch["pixel_values"], expected, atol=0, rtol=0)
+    stored = rng.integers(0, 4096, size=(40, 40)).astype(np.uint16)
+    dicom = save_dicom(make_dicom(stored), tmp_path / "x.dcm")
+    torch.testing.assert_close(
+        processor(images=str(dicom), return_tensors="pt")["pixel_values"],
+        processor.image_processor((stored / 4095.0).astype(np.float32), return_tensors="pt")["pixel_values"],
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    torch.testing.assert_close(torch.load(tmp_path / "logits.pt", weights_only=True), expected)
+
+
+def test_autoprocessor_loads_the_installed_class_without_trust_remote_code(tokenizer, tmp_path):
+    tiny_processor(tokenizer).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    assert config["auto_map"] == {"AutoProcessor": "processing_clip.CXRCLIPProcessor"}
+    assert {"processing_clip.py", "image_processing_cxr.py"} <= {p.name for p in tmp_path.iterdir()}
+    assert type(AutoProcessor.from_pretrained(tmp_path)) is CXRCLIPProcessor
 
 
 # ------------------------------------------------------------------------------------------ augmentations

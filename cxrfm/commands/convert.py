@@ -180,7 +180,7 @@ def convert_glori_file(
     import torch
 
     from cxrfm.modeling import CheXFoundModel, GLoRIForMultiLabel
-    from cxrfm.modeling.chexfound.modeling_glori import convert_glori_checkpoint, infer_head_config
+    from cxrfm.modeling.chexfound.convert_glori import convert_glori_checkpoint, infer_head_config
     from cxrfm.processing.datasets import CXR_LT_40
 
     src, out_dir, backbone_dir = Path(src), Path(out_dir), Path(backbone_dir)

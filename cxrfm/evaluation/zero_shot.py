@@ -10,7 +10,8 @@ with "No ".
 
 Also: prompt-template and checkpoint ensembles (mean of probabilities), F1 / MCC at per-class thresholds chosen on
 validation, macro AUROC with bootstrap CIs (`multilabel_metrics`), report- and sentence-level cosine similarity, and
-a `cxr-zero-shot-classification` pipeline returning one probability per finding.
+the `cxr-zero-shot-classification` pipeline (it lives in the model folder,
+`cxrfm.modeling.relaxed_clip.pipeline_cxr_zero_shot_classification`, so saved folders carry it as remote code).
 """
 
 from collections.abc import Sequence
@@ -19,13 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score, matthews_corrcoef
-from transformers import AutoModel, Pipeline
-from transformers.pipelines import PIPELINE_REGISTRY
-from transformers.image_utils import load_image
 
+from ..modeling.relaxed_clip.pipeline_cxr_zero_shot_classification import (
+    CHEXZERO_TEMPLATES,
+    CXRZeroShotClassificationPipeline,
+    pair_softmax_probabilities,
+    prompt_pairs,
+)
 from ..processing.datasets._common import CHEXPERT_5, CHEXPERT_13, CXR_LT_40
 from ..processing.datasets.vindr import VINDR_20
-from ..processing.text import CHEXZERO_TEMPLATES, prompt_pairs
 from .metrics import multilabel_metrics
 
 # relaxed-CLIP Table 7: the 61 PadChest findings with more than 100 positives in the test set.
@@ -100,23 +103,6 @@ def prompt_embeddings(
     per_label = embeds.reshape(2, len(labels), len(templates), -1).mean(dim=2)
     per_label = F.normalize(per_label, dim=-1)
     return per_label[0], per_label[1]
-
-
-def pair_softmax_probabilities(
-    image_embeds: torch.Tensor, positive_embeds: torch.Tensor, negative_embeds: torch.Tensor
-) -> torch.Tensor:
-    """Eq. (1): prob_c = softmax(s_{+,c}, s_{-,c})[0] = exp(s_+) / (exp(s_+) + exp(s_-)) with s = cosine similarity
-    of the image to the positive / negative prompt (temperature 1, as CheXzero).
-
-    Args:
-        image_embeds: (N, D); positive_embeds, negative_embeds: (C, D). All are normalised here.
-    Returns:
-        (N, C) probabilities.
-    """
-    image_embeds = F.normalize(image_embeds, dim=-1)
-    positive = image_embeds @ F.normalize(positive_embeds, dim=-1).T
-    negative = image_embeds @ F.normalize(negative_embeds, dim=-1).T
-    return torch.sigmoid(positive - negative)  # = the two-way softmax
 
 
 def zero_shot_probabilities(
@@ -219,61 +205,6 @@ def sentence_level_similarity(
     has_sentences = counts > 0
     return float((per_image_sum[has_sentences] / counts[has_sentences]).mean())
 
-
-class CXRZeroShotClassificationPipeline(Pipeline):
-    """`pipeline("cxr-zero-shot-classification", model=..., tokenizer=..., image_processor=...)`:
-    `classifier(image, findings=["Pleural Effusion", "Edema"])` -> `[{"finding": ..., "probability": ...}, ...]` in
-    the order given, each an independent Eq. 1 probability (the findings do not compete, unlike
-    `zero-shot-image-classification`). Options: `templates` (pairs of positive/negative format strings) and
-    `fix_negated_labels`."""
-
-    _load_processor = False
-    _load_image_processor = True
-    _load_feature_extractor = False
-    _load_tokenizer = True
-
-    def _sanitize_parameters(self, findings=None, templates=None, fix_negated_labels=None, **kwargs):
-        preprocess = {}
-        if findings is not None:
-            preprocess["findings"] = list(findings)
-        if templates is not None:
-            preprocess["templates"] = list(templates)
-        if fix_negated_labels is not None:
-            preprocess["fix_negated_labels"] = fix_negated_labels
-        return preprocess, {}, {}
-
-    def preprocess(self, image, findings=None, templates=CHEXZERO_TEMPLATES, fix_negated_labels=True):
-        if not findings:
-            raise ValueError("cxr-zero-shot-classification needs findings=[...], e.g. ['Pleural Effusion'].")
-        inputs = self.image_processor(images=[load_image(image) if isinstance(image, str) else image], return_tensors="pt")
-        positives, negatives = [], []
-        for finding in findings:
-            positive, negative = prompt_pairs(finding, templates, fix_negated_labels=fix_negated_labels)
-            positives += positive
-            negatives += negative
-        inputs["text_inputs"] = self.tokenizer(positives + negatives, padding=True, truncation=True, return_tensors="pt")
-        inputs["findings"] = findings
-        inputs["num_templates"] = len(templates)
-        return inputs
-
-    def _forward(self, inputs):
-        findings, num_templates = inputs.pop("findings"), inputs.pop("num_templates")
-        text_inputs = inputs.pop("text_inputs")
-        image = F.normalize(_pooled(self.model.get_image_features(pixel_values=inputs["pixel_values"])), dim=-1)
-        texts = F.normalize(_pooled(self.model.get_text_features(**text_inputs)), dim=-1)
-        per_label = F.normalize(texts.reshape(2, len(findings), num_templates, -1).mean(dim=2), dim=-1)
-        return {"findings": findings, "probabilities": pair_softmax_probabilities(image, per_label[0], per_label[1])[0]}
-
-    def postprocess(self, outputs):
-        return [
-            {"finding": finding, "probability": float(probability)}
-            for finding, probability in zip(outputs["findings"], outputs["probabilities"])
-        ]
-
-
-PIPELINE_REGISTRY.register_pipeline(
-    "cxr-zero-shot-classification", pipeline_class=CXRZeroShotClassificationPipeline, pt_model=AutoModel
-)
 
 __all__ = [
     "CXRZeroShotClassificationPipeline",

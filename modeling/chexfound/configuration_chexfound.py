@@ -5,7 +5,7 @@ CheXFound model (arXiv 2502.05142; RPIDIAL/CheXFound ``vitl16_ibot333_highres512
 512x512, SwiGLU FFN, 4 register tokens, LayerScale 1e-5, LayerNorm eps 1e-6.
 """
 
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 
 # Presets are data: name -> keyword arguments of CheXFoundConfig (cf. timm default_cfgs, open_clip JSONs).
 # The size presets are the DINOv2 default recipe at each size (GELU MLP, no registers, LayerScale 1e-5);
@@ -46,7 +46,45 @@ CHEXFOUND_PRESETS: dict[str, dict] = {
 }
 
 
-class CheXFoundConfig(PreTrainedConfig):
+class HubConfigMixin:
+    """The Hub contract of a cxrfm config (mixed in before `PreTrainedConfig`).
+
+    - `hub_pipelines` (task -> a transformers `custom_pipelines` entry) goes into every saved `config.json`, so
+      `pipeline(task, model=folder, trust_remote_code=True)` finds the pipeline file the model module copies beside
+      the weights (`custom_object_save` follows the model module's relative imports).
+    - Installed cxrfm registers those tasks itself, so on that route a loaded config drops `custom_pipelines`:
+      transformers asks for `trust_remote_code=True` for every task a config lists there.
+    - A folder of another model family is refused, naming both, instead of building a random model from it.
+    """
+
+    hub_pipelines: dict = {}
+
+    def __init__(self, **kwargs):
+        if __name__.split(".")[0] == "cxrfm":
+            kwargs.pop("custom_pipelines", None)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # Checked here, before transformers would pick a matching sub-config out of another family's folder (a
+        # GLoRI folder holds a CheXFound backbone_config) and load weights whose keys do not match: a random model.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        found = config_dict.get("model_type")
+        if found is not None and found != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: holds a '{found}' model, another model family; {cls.__name__} loads "
+                f"'{cls.model_type}' folders. Load it with AutoModel or with the '{found}' family's class."
+            )
+        return config_dict, kwargs
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if self.hub_pipelines:
+            output["custom_pipelines"] = {task: dict(entry) for task, entry in self.hub_pipelines.items()}
+        return output
+
+
+class CheXFoundConfig(HubConfigMixin, PreTrainedConfig):
     r"""Configuration of [`CheXFoundModel`]. Defaults build the released CheXFound ViT-L/16 at 512 px.
 
     Args:
@@ -103,6 +141,13 @@ class CheXFoundConfig(PreTrainedConfig):
     """
 
     model_type = "chexfound"
+    hub_pipelines = {
+        "cxr-feature-extraction": {
+            "impl": "pipeline_cxr_feature_extraction.CXRFeatureExtractionPipeline",
+            "pt": ["AutoModel"],
+            "type": "image",
+        }
+    }
 
     def __init__(
         self,
@@ -184,6 +229,10 @@ class CheXFoundConfig(PreTrainedConfig):
         return cls(**{**CHEXFOUND_PRESETS[name], **overrides})
 
 
+# Hub route: save_pretrained copies this file and writes auto_map.AutoConfig.
 CheXFoundConfig.register_for_auto_class()
+# Library route: only the installed package claims the model type (a remote-code copy must not).
+if __name__.split(".")[0] == "cxrfm":
+    AutoConfig.register(CheXFoundConfig.model_type, CheXFoundConfig, exist_ok=True)
 
-__all__ = ["CHEXFOUND_PRESETS", "CheXFoundConfig"]
+__all__ = ["CHEXFOUND_PRESETS", "CheXFoundConfig", "HubConfigMixin"]

@@ -5,9 +5,9 @@ A composite config in the pattern of transformers' `CLIPConfig`: the frozen back
 setting (arXiv 2502.05142 §IV-B2; RPIDIAL/CheXFound `eval/classification/glori.py`, run with `--glori --cat-cls`).
 """
 
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 
-from .configuration_chexfound import CheXFoundConfig
+from .configuration_chexfound import CheXFoundConfig, HubConfigMixin
 
 # Presets are data: name -> (backbone preset, backbone overrides, head keyword arguments). The tiny backbone gets
 # 4 blocks so that the tiny head reads the paper's last-4-block features.
@@ -18,7 +18,7 @@ GLORI_PRESETS: dict[str, tuple[str, dict, dict]] = {
 HEAD_TYPES = ("glori", "linear")
 
 
-class GLoRIConfig(PreTrainedConfig):
+class GLoRIConfig(HubConfigMixin, PreTrainedConfig):
     r"""Configuration of [`GLoRIForMultiLabel`]: a CheXFound backbone plus a GLoRI (or linear-probe) head.
 
     The number of classes is `num_labels` (from `id2label`); each class is one disease query. Opportunistic
@@ -60,6 +60,13 @@ class GLoRIConfig(PreTrainedConfig):
 
     model_type = "chexfound_glori"
     sub_configs_defaults = {"backbone_config": CheXFoundConfig}
+    hub_pipelines = {
+        "cxr-classification": {
+            "impl": "pipeline_cxr_classification.CXRClassificationPipeline",
+            "pt": ["AutoModelForImageClassification"],
+            "type": "image",
+        }
+    }
 
     def __init__(
         self,
@@ -123,6 +130,13 @@ class GLoRIConfig(PreTrainedConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GLoRIConfig: dropout must be in [0, 1), got {self.dropout}.")
 
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # The backbone's own pipelines are not this folder's: a GLoRI folder runs cxr-classification only.
+        if isinstance(output.get("backbone_config"), dict):
+            output["backbone_config"].pop("custom_pipelines", None)
+        return output
+
     @property
     def feature_dim(self) -> int:
         """Width of the concatenated last-`n_last_blocks` tokens fed to the head (4 x 1024 = 4096 in the paper)."""
@@ -140,5 +154,7 @@ class GLoRIConfig(PreTrainedConfig):
 
 
 GLoRIConfig.register_for_auto_class()
+if __name__.split(".")[0] == "cxrfm":  # library route; see configuration_chexfound.py
+    AutoConfig.register(GLoRIConfig.model_type, GLoRIConfig, exist_ok=True)
 
 __all__ = ["GLORI_PRESETS", "GLoRIConfig"]

@@ -21,12 +21,16 @@ from timm.layers import DropPath, LayerNorm, LayerScale, Mlp, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import can_return_tuple
 
 from .configuration_chexfound import CheXFoundConfig
+
+# Imported so that `save_pretrained` copies the pipeline beside the weights (custom_object_save follows relative
+# imports); `CheXFoundConfig.hub_pipelines` names it in config.json.
+from .pipeline_cxr_feature_extraction import CXRFeatureExtractionPipeline  # noqa: F401
 
 
 def swiglu_hidden_features(hidden_size: int, mlp_ratio: float) -> int:
@@ -331,7 +335,11 @@ class CheXFoundModel(CheXFoundPreTrainedModel):
         return tuple((patch_tokens, prefix_tokens[:, 0]) for patch_tokens, prefix_tokens in per_block)
 
 
+# Hub route: save_pretrained copies this file and its siblings and writes auto_map.AutoModel.
 CheXFoundModel.register_for_auto_class("AutoModel")
+# Library route: only the installed package registers (a remote-code copy must not claim the config class).
+if __name__.split(".")[0] == "cxrfm":
+    AutoModel.register(CheXFoundConfig, CheXFoundModel, exist_ok=True)
 
 __all__ = [
     "CheXFoundModel",

@@ -2,25 +2,27 @@
 
 Paper: CheXFound, arXiv 2502.05142, §III-C (Eq. 1-2) and §IV-B2. The head follows the official code
 (RPIDIAL/CheXFound `chexfound/eval/classification/glori.py`, an ML-Decoder-style single-layer query decoder) so that
-its released weights load unchanged (`convert_glori_checkpoint`).
+its released weights load unchanged (`convert_glori.py`).
 
-Reading order: loss -> feature recipe -> decoder layer -> heads -> pretrained base -> model -> checkpoint conversion.
+Reading order: loss -> feature recipe -> decoder layer -> heads -> pretrained base -> model.
 """
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModelForImageClassification, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
-from .configuration_chexfound import CheXFoundConfig
 from .configuration_glori import GLoRIConfig
 from .modeling_chexfound import CheXFoundModel
+
+# Imported so that `save_pretrained` copies the pipeline beside the weights (custom_object_save follows relative
+# imports); `GLoRIConfig.hub_pipelines` names it in config.json.
+from .pipeline_cxr_classification import CXRClassificationPipeline  # noqa: F401
 
 
 def masked_multilabel_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -329,110 +331,9 @@ class GLoRIForMultiLabel(GLoRIPreTrainedModel):
         return GLoRIOutput(loss=loss, logits=logits, attention_maps=attention_maps)
 
 
-# Official key (optionally "module." + "classifiers_dict.<name>.") -> head part and the rest of the key.
-_OFFICIAL_HEAD_KEY = re.compile(r"^(?:module\.)?(?:classifiers_dict\.(?P<name>.+?)\.)?(?P<part>decoder|linear)\.(?P<rest>.+)$")
-_DECODER_RENAMES = {
-    "embed_standart.weight": "head.patch_projection.weight",
-    "embed_standart.bias": "head.patch_projection.bias",
-    "query_embed.weight": "head.query_embed",
-    "duplicate_pooling": "head.group_fc_weight",
-    "duplicate_pooling_bias": "head.group_fc_bias",
-}
-
-
-def convert_glori_checkpoint(
-    state_dict: dict[str, torch.Tensor], classifier_name: str | None = None
-) -> dict[str, torch.Tensor]:
-    """Rename an official CheXFound head checkpoint (e.g. the released `glori.pth`) to `GLoRIForMultiLabel` keys.
-
-    Accepts the fvcore file layout `{"model": state_dict, ...}`, keys with or without the DDP `module.` prefix and
-    the `classifiers_dict.<name>.` wrapper, GLoRI (`decoder.*`) or linear-probe (`linear.*`) heads. A checkpoint of
-    several grid heads needs `classifier_name`. Every key must be understood: unknown keys raise.
-
-    Returns:
-        head-only state dict (`head.*` keys); load it with `model.load_state_dict(sd, strict=False)` after checking
-        that only backbone keys are missing, or merge it with a backbone state dict.
-    """
-    if isinstance(state_dict.get("model"), dict):
-        state_dict = state_dict["model"]
-    grouped: dict[str | None, dict[str, torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        match = _OFFICIAL_HEAD_KEY.match(key)
-        if match is None:
-            raise ValueError(f"convert_glori_checkpoint: unrecognised key {key!r} (expected decoder.* or linear.*).")
-        grouped.setdefault(match["name"], {})[f"{match['part']}.{match['rest']}"] = value
-    if classifier_name is None:
-        if len(grouped) > 1:
-            raise ValueError(
-                f"convert_glori_checkpoint: the checkpoint holds {len(grouped)} heads; pick one with classifier_name, "
-                f"one of {sorted(grouped)}."
-            )
-        classifier_name = next(iter(grouped))
-    if classifier_name not in grouped:
-        raise ValueError(f"convert_glori_checkpoint: no head named {classifier_name!r}; found {sorted(grouped)}.")
-
-    converted = {}
-    for key, value in grouped[classifier_name].items():
-        part, rest = key.split(".", 1)
-        if part == "linear":
-            converted[f"head.{rest}"] = value
-        elif rest in _DECODER_RENAMES:
-            converted[_DECODER_RENAMES[rest]] = value
-        elif rest.startswith("layers.0."):
-            converted["head.decoder_layer." + rest.removeprefix("layers.0.")] = value
-        else:
-            raise ValueError(
-                f"convert_glori_checkpoint: unsupported official key {key!r} (only one decoder layer is supported)."
-            )
-    if "head.group_fc_weight" in converted:
-        weight = converted["head.group_fc_weight"]
-        if weight.ndim != 3 or weight.shape[-1] != 1:
-            raise ValueError(
-                f"convert_glori_checkpoint: duplicate_pooling must be (num_classes, dim, 1), got {tuple(weight.shape)}."
-            )
-        converted["head.group_fc_weight"] = weight[..., 0]
-    return converted
-
-
-def infer_head_config(
-    converted_state_dict: dict[str, torch.Tensor], backbone_config: CheXFoundConfig, n_last_blocks: int = 4
-) -> dict:
-    """GLoRIConfig keyword arguments read off a converted head state dict (shapes) and the backbone's width.
-
-    `num_heads` cannot be read from weights and keeps its default (8, the official value). For the linear probe the
-    input width is `n_last_blocks * D` (+ D with `linear_avgpool`), so `n_last_blocks` must be given.
-    """
-    hidden = backbone_config.hidden_size
-    if "head.weight" in converted_state_dict:
-        num_labels, in_features = converted_state_dict["head.weight"].shape
-        if in_features not in (n_last_blocks * hidden, (n_last_blocks + 1) * hidden):
-            raise ValueError(
-                f"infer_head_config: linear probe input width {in_features} does not match n_last_blocks={n_last_blocks}"
-                f" x hidden_size={hidden} (with or without avgpool)."
-            )
-        return dict(
-            head="linear",
-            n_last_blocks=n_last_blocks,
-            linear_avgpool=in_features == (n_last_blocks + 1) * hidden,
-            num_labels=num_labels,
-        )
-    decoder_dim, feature_dim = converted_state_dict["head.patch_projection.weight"].shape
-    if feature_dim % hidden:
-        raise ValueError(
-            f"infer_head_config: GLoRI input width {feature_dim} is not a multiple of the backbone hidden_size {hidden}."
-        )
-    num_labels, token_dim = converted_state_dict["head.group_fc_weight"].shape
-    return dict(
-        head="glori",
-        n_last_blocks=feature_dim // hidden,
-        decoder_dim=decoder_dim,
-        ffn_dim=converted_state_dict["head.decoder_layer.linear1.weight"].shape[0],
-        cat_cls=token_dim == decoder_dim + feature_dim,
-        num_labels=num_labels,
-    )
-
-
 GLoRIForMultiLabel.register_for_auto_class("AutoModelForImageClassification")
+if __name__.split(".")[0] == "cxrfm":  # library route; see modeling_chexfound.py
+    AutoModelForImageClassification.register(GLoRIConfig, GLoRIForMultiLabel, exist_ok=True)
 
 __all__ = [
     "GLoRIDecoderLayer",
@@ -442,7 +343,5 @@ __all__ = [
     "GLoRIPreTrainedModel",
     "LinearProbeHead",
     "concat_last_blocks",
-    "convert_glori_checkpoint",
-    "infer_head_config",
     "masked_multilabel_bce_loss",
 ]

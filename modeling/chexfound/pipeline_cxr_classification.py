@@ -5,15 +5,16 @@ Unlike transformers' `image-classification` pipeline, inputs go straight to the 
 `CXRImageProcessor` reads DICOM, 16-bit PNG and paths itself; nothing is pre-decoded to 8-bit RGB), every finding
 is returned by default (multi-label: no softmax, no implicit top 5), and attention maps can be requested.
 
-This file is saved next to the model by `Pipeline.save_pretrained` (remote code): it imports only installed
-libraries. Registration with `PIPELINE_REGISTRY` happens in `cxrfm.pipelines`.
+Every GLoRI folder carries this file (`modeling_glori.py` imports it, so `save_pretrained` copies it) and lists it in
+`config.custom_pipelines`; it imports only installed libraries. The installed package registers the task below.
 """
 
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import Pipeline
+from transformers import AutoModelForImageClassification, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
 
 
 class CXRClassificationPipeline(Pipeline):
@@ -62,5 +63,14 @@ class CXRClassificationPipeline(Pipeline):
             results = sorted(results, key=lambda item: item["score"], reverse=True)[:top_k]
         return results
 
+
+# Library route only: a remote-code copy must not claim the task for every later folder.
+if __name__.split(".")[0] == "cxrfm":
+    PIPELINE_REGISTRY.register_pipeline(
+        "cxr-classification",
+        pipeline_class=CXRClassificationPipeline,
+        pt_model=AutoModelForImageClassification,
+        type="image",
+    )
 
 __all__ = ["CXRClassificationPipeline"]

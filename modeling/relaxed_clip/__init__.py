@@ -10,9 +10,11 @@ from .losses_relaxed_clip import (
     slip_loss,
     uniclip_loss,
 )
+from .pipeline_cxr_zero_shot_classification import CXRZeroShotClassificationPipeline
 from .modeling_relaxed_clip import RelaxedCLIPModel, RelaxedCLIPOutput, RelaxedCLIPPreTrainedModel, pool_tower_output
 
 __all__ = [
+    "CXRZeroShotClassificationPipeline",
     "RELAXED_CLIP_PRESETS",
     "RelaxedCLIPConfig",
     "RelaxedCLIPModel",

@@ -69,7 +69,47 @@ RELAXED_CLIP_PRESETS = {
 }
 
 
-class RelaxedCLIPConfig(PreTrainedConfig):
+# Copied from cxrfm.modeling.chexfound.configuration_chexfound.HubConfigMixin (a model folder imports only its own
+# files; tests/test_family_contract.py checks the copies stay equal)
+class HubConfigMixin:
+    """The Hub contract of a cxrfm config (mixed in before `PreTrainedConfig`).
+
+    - `hub_pipelines` (task -> a transformers `custom_pipelines` entry) goes into every saved `config.json`, so
+      `pipeline(task, model=folder, trust_remote_code=True)` finds the pipeline file the model module copies beside
+      the weights (`custom_object_save` follows the model module's relative imports).
+    - Installed cxrfm registers those tasks itself, so on that route a loaded config drops `custom_pipelines`:
+      transformers asks for `trust_remote_code=True` for every task a config lists there.
+    - A folder of another model family is refused, naming both, instead of building a random model from it.
+    """
+
+    hub_pipelines: dict = {}
+
+    def __init__(self, **kwargs):
+        if __name__.split(".")[0] == "cxrfm":
+            kwargs.pop("custom_pipelines", None)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # Checked here, before transformers would pick a matching sub-config out of another family's folder (a
+        # GLoRI folder holds a CheXFound backbone_config) and load weights whose keys do not match: a random model.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        found = config_dict.get("model_type")
+        if found is not None and found != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: holds a '{found}' model, another model family; {cls.__name__} loads "
+                f"'{cls.model_type}' folders. Load it with AutoModel or with the '{found}' family's class."
+            )
+        return config_dict, kwargs
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if self.hub_pipelines:
+            output["custom_pipelines"] = {task: dict(entry) for task, entry in self.hub_pipelines.items()}
+        return output
+
+
+class RelaxedCLIPConfig(HubConfigMixin, PreTrainedConfig):
     r"""Configuration of [`RelaxedCLIPModel`]: an image tower and a text tower from transformers, one linear
     projection per tower into a shared space, and a learnable temperature.
 
@@ -106,6 +146,13 @@ class RelaxedCLIPConfig(PreTrainedConfig):
     """
 
     model_type = "relaxed_clip"
+    hub_pipelines = {
+        "cxr-zero-shot-classification": {
+            "impl": "pipeline_cxr_zero_shot_classification.CXRZeroShotClassificationPipeline",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        }
+    }
     sub_configs_defaults = {
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_text_model"),
@@ -147,6 +194,15 @@ class RelaxedCLIPConfig(PreTrainedConfig):
         # PreTrainedConfig.__post_init__ turns the two dicts into configs through `sub_configs_defaults`.
         super().__init__(**kwargs)
 
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # One model class serves two Auto classes; register_for_auto_class writes one, so the stock
+        # zero-shot-image-classification pipeline's AutoModelForZeroShotImageClassification gets the same entry.
+        auto_map = output.get("auto_map")
+        if isinstance(auto_map, dict) and "AutoModel" in auto_map:
+            auto_map.setdefault("AutoModelForZeroShotImageClassification", auto_map["AutoModel"])
+        return output
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "RelaxedCLIPConfig":
         """Config of a named preset in `RELAXED_CLIP_PRESETS` (`"paper"`, `"paper-bert"`, `"tiny"`, `"tiny-bert"`); keyword
@@ -157,5 +213,11 @@ class RelaxedCLIPConfig(PreTrainedConfig):
         kwargs.update(overrides)
         return cls(**kwargs)
 
+
+# Hub route: save_pretrained copies this file and writes auto_map.AutoConfig.
+RelaxedCLIPConfig.register_for_auto_class()
+# Library route: only the installed package claims the model type (a remote-code copy must not).
+if __name__.split(".")[0] == "cxrfm":
+    AutoConfig.register(RelaxedCLIPConfig.model_type, RelaxedCLIPConfig, exist_ok=True)
 
 __all__ = ["RelaxedCLIPConfig", "RELAXED_CLIP_PRESETS"]

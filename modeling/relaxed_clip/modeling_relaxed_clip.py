@@ -12,13 +12,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, CLIPModel, PreTrainedModel
+from transformers import AutoModel, AutoModelForZeroShotImageClassification, CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_relaxed_clip import RelaxedCLIPConfig
 from .losses_relaxed_clip import clip_loss
+
+# Imported so that `save_pretrained` copies the pipeline beside the weights (custom_object_save follows relative
+# imports); `RelaxedCLIPConfig.hub_pipelines` names it in config.json.
+from .pipeline_cxr_zero_shot_classification import CXRZeroShotClassificationPipeline  # noqa: F401
 
 
 @dataclass
@@ -266,5 +270,13 @@ class RelaxedCLIPModel(RelaxedCLIPPreTrainedModel):
             vision_model_output=vision_outputs,
         )
 
+
+# Hub route: save_pretrained copies this file and its siblings and writes auto_map.AutoModel (the config mirrors it
+# to AutoModelForZeroShotImageClassification).
+RelaxedCLIPModel.register_for_auto_class("AutoModel")
+# Library route: only the installed package registers (a remote-code copy must not claim the config class).
+if __name__.split(".")[0] == "cxrfm":
+    AutoModel.register(RelaxedCLIPConfig, RelaxedCLIPModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(RelaxedCLIPConfig, RelaxedCLIPModel, exist_ok=True)
 
 __all__ = ["RelaxedCLIPModel", "RelaxedCLIPPreTrainedModel", "RelaxedCLIPOutput", "pool_tower_output"]
