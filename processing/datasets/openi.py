@@ -139,10 +139,13 @@ def _xml_files(source: Path) -> Iterator[tuple[str, bytes]]:
         for path in sorted(source.glob("*.xml"), key=lambda p: natural_key(p.name)):
             yield str(path), path.read_bytes()
         return
+    # Read members in archive order, then sort: extracting in sorted order makes the gzip stream seek
+    # backwards for many members (0.8-1.9 s instead of 0.4 s for the 3,955 reports of NLMCXR_reports.tgz).
     with tarfile.open(source, "r:*") as archive:
-        members = sorted((m for m in archive.getmembers() if m.name.endswith(".xml")), key=lambda m: natural_key(m.name))
-        for member in members:
-            yield f"{source}:{member.name}", archive.extractfile(member).read()
+        files = [(member.name, archive.extractfile(member).read()) for member in archive
+                 if member.isfile() and member.name.endswith(".xml")]
+    for name, data in sorted(files, key=lambda item: natural_key(item[0])):
+        yield f"{source}:{name}", data
 
 
 def read_openi_reports(source: str | Path) -> list[dict]:
