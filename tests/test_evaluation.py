@@ -11,6 +11,7 @@ from cxrfm.evaluation import (
     metric_path,
     multilabel_metrics,
     paired_permutation_test,
+    percentile_interval,
     permutation_swaps,
     prevalence_strata,
     stratified_metrics,
@@ -147,6 +148,65 @@ def test_invalid_inputs_raise_clear_errors():
         multilabel_metrics(np.zeros((3, 2)), np.zeros((3, 2)), label_names=["x"])
     with pytest.raises(ValueError, match="ci must be in"):
         multilabel_metrics([0, 1], [0.1, 0.2], ci=95)
+
+
+def _reference_percentile(values, q):
+    """Linear-interpolation percentile written out by hand: position q (n - 1) in the sorted values."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    below = int(np.floor(position))
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (position - below) * (ordered[above] - ordered[below])
+
+
+def test_percentile_interval_hand_computed():
+    # Positions 0.1 * 4 = 0.4 and 0.9 * 4 = 3.6 between the sorted values 1..5.
+    assert percentile_interval(np.array([5.0, 1.0, 4.0, 2.0, 3.0]), ci=0.8) == pytest.approx((1.4, 4.6), abs=1e-12)
+    assert percentile_interval(np.array([1.0, np.nan, 3.0]), ci=0.5) == pytest.approx((1.5, 2.5), abs=1e-12)
+    assert percentile_interval(np.array([np.nan]), ci=0.95) is None
+
+
+@pytest.mark.parametrize("ci", [0.95, 0.8])
+def test_ci_endpoints_equal_an_independent_bootstrap(ci):
+    """Resamples drawn here with the documented generator (numpy default_rng((seed, b)), N draws from 0..N-1),
+    scored by scikit-learn, cut by the hand-written percentile: catches a wrong quantile rule or resampler."""
+    data = np.random.default_rng(42)
+    n, n_classes, n_bootstrap, seed = 60, 2, 40, 9  # B = 40: every endpoint falls between two replicates
+    labels = (data.random((n, n_classes)) < 0.4).astype(float)
+    scores = data.normal(size=(n, n_classes)) + labels
+    out = multilabel_metrics(labels, scores, label_names=["a", "b"], n_bootstrap=n_bootstrap, seed=seed, ci=ci)
+    replicates = {metric: [] for metric in ("auroc", "auprc")}
+    for b in range(n_bootstrap):
+        draw = np.random.default_rng((seed, b)).integers(0, n, size=n)
+        for metric in replicates:
+            replicates[metric].append(_sklearn_per_class(labels[draw], scores[draw], metric))
+    q_low, q_high = (1 - ci) / 2, (1 + ci) / 2
+    for metric, per_resample in replicates.items():
+        per_resample = np.array(per_resample)  # (B, C); every class keeps positives and negatives here
+        for c, name in enumerate(["a", "b"]):
+            expected = (_reference_percentile(per_resample[:, c], q_low), _reference_percentile(per_resample[:, c], q_high))
+            assert out["per_class"][name][f"{metric}_ci"] == pytest.approx(expected, abs=1e-12, rel=0)
+        macro = per_resample.mean(axis=1)
+        expected = (_reference_percentile(macro, q_low), _reference_percentile(macro, q_high))
+        assert out["macro"][f"{metric}_ci"] == pytest.approx(expected, abs=1e-12, rel=0)
+
+
+def test_resampling_draws_every_image_including_the_last():
+    n, draws = 7, 3000
+    counts = np.bincount(np.concatenate([bootstrap_indices(n, 3, b) for b in range(draws)]), minlength=n + 1)
+    assert counts[n] == 0 and counts[:n].min() > 0
+    # Each image is drawn with probability 1/n: within 5 standard deviations of n_draws / n.
+    expected, sd = draws, np.sqrt(draws * n * (1 / n) * (1 - 1 / n))
+    assert np.all(np.abs(counts[:n] - expected) < 5 * sd)
+    # A class whose only positive is the last image is defined exactly in the resamples that draw it.
+    m, n_bootstrap = 40, 300
+    labels = np.zeros(m)
+    labels[-1] = 1
+    scores = np.random.default_rng(0).random(m)
+    out = multilabel_metrics(labels, scores, n_bootstrap=n_bootstrap, seed=5)
+    drawn = sum((m - 1) in set(np.random.default_rng((5, b)).integers(0, m, size=m)) for b in range(n_bootstrap))
+    assert out["per_class"]["class_0"]["n_skipped_resamples"] == n_bootstrap - drawn
+    assert 0.5 * n_bootstrap < drawn < 0.75 * n_bootstrap  # P(drawn) = 1 - (1 - 1/40)^40 = 0.64
 
 
 def _naive_permutation_p(labels, score_a, score_b, n_permutations, seed, metric):
