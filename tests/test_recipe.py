@@ -17,6 +17,7 @@ from cxrfm.training.recipe import (
     TrainingArguments,
     TrainingLoop,
     build_accelerator,
+    check_synchronised,
     parse_args,
     per_process_batch_size,
 )
@@ -184,3 +185,13 @@ def test_evaluation_runs_on_the_prepared_model_and_is_gathered(tmp_path):
     with pytest.raises(ValueError, match="not divisible by processes x accumulation steps = 3"):
         per_process_batch_size(ToyArguments(output_dir="o", task="t", batch_size=8, gradient_accumulation_steps=3),
                                accelerator)
+
+
+def test_unsynchronised_multi_process_launch_is_refused():
+    """2 launched processes that Accelerate leaves as DistributedType.NO (FSDP config or torchrun on a CPU machine)
+    would each train alone; build_accelerator refuses them."""
+    with pytest.raises(RuntimeError, match="2 processes were launched but Accelerate runs them unsynchronised"):
+        check_synchronised("DistributedType.NO", 2)
+    check_synchronised("DistributedType.NO", 1)
+    check_synchronised("DistributedType.MULTI_CPU", 2)
+    check_synchronised("DistributedType.DEEPSPEED", 2)

@@ -125,12 +125,26 @@ def build_accelerator(args: TrainingArguments, **kwargs) -> Accelerator:
     )
     # Schedules count optimizer steps of the GLOBAL batch: the loop steps the scheduler once per optimizer step
     # (accelerate would otherwise step it once per process, as if each process's batch were a step).
-    return Accelerator(
+    accelerator = Accelerator(
         project_config=project, gradient_accumulation_steps=args.gradient_accumulation_steps,
         step_scheduler_with_optimizer=False,
         mixed_precision=args.mixed_precision, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=handlers, **kwargs,
     )
+    check_synchronised(str(accelerator.distributed_type), int(os.environ.get("WORLD_SIZE", "1")))
+    return accelerator
+
+
+def check_synchronised(distributed_type: str, world_size: int) -> None:
+    """Refuse a multi-process launch that Accelerate runs as independent single processes (no gradient sync, each
+    rank training alone): what `torchrun`/`--multi_gpu` without ACCELERATE_USE_CPU and the FSDP configs give on a
+    machine without GPUs (accelerate applies FSDP only to GPU-type process groups)."""
+    if world_size > 1 and distributed_type.endswith("NO"):
+        raise RuntimeError(
+            f"{world_size} processes were launched but Accelerate runs them unsynchronised (DistributedType.NO). "
+            "On CPU use the DDP config with ACCELERATE_USE_CPU=true or a DeepSpeed config with DS_ACCELERATOR=cpu; "
+            "FSDP needs GPUs."
+        )
 
 
 def per_process_batch_size(args: TrainingArguments, accelerator: Accelerator) -> int:
@@ -386,4 +400,4 @@ class TrainingLoop:
 
 
 __all__ = ["BatchGenerators", "Objective", "TrainingArguments", "TrainingLoop", "build_accelerator",
-           "parse_args", "per_process_batch_size"]
+           "check_synchronised", "parse_args", "per_process_batch_size"]

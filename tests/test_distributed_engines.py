@@ -1,0 +1,149 @@
+"""The shipped Accelerate configs really run the recipe skeleton on 2 CPU processes: DDP (multi_gpu.yaml), DeepSpeed
+ZeRO-2 and ZeRO-3, FSDP2. Each launch (`accelerate launch --config_file <shipped> --num_processes 2
+--mixed_precision no`, this file as the script) trains a tiny model through `TrainingLoop` with the same GLOBAL
+batch as a 1-process run in the test process; the per-step losses, the gathered evaluation and the final weights
+must equal the 1-process run's. CPU workarounds (../shared/reference/environment.md §2-3): gloo via
+`build_accelerator`, ACCELERATE_USE_CPU for DDP, DS_ACCELERATOR=cpu and DeepSpeed's shm-comm JIT build skipped.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "training" / "configs" / "accelerate"
+STEPS, GLOBAL_BATCH = 4, 8
+
+
+def toy_run(output_dir: str) -> dict:
+    """A 2-layer regression net, global batch 8, 4 AdamW steps with warm-up and clipping (as the DeepSpeed configs'
+    gradient_clipping: 3.0), a checkpoint at step 2, and an evaluation over 11 rows (uneven across 2 processes)."""
+    from accelerate.utils import set_seed
+
+    from cxrfm.training.recipe import (
+        Objective,
+        TrainingArguments,
+        TrainingLoop,
+        build_accelerator,
+        per_process_batch_size,
+    )
+
+    class Regression(Objective):
+        def compute_loss(self, model, batch):
+            inputs, targets = batch
+            prediction = model(inputs)
+            return {"mse": ((prediction - targets) ** 2).mean(), "scale": 0.01 * prediction.pow(2).mean()}
+
+    args = TrainingArguments(output_dir=output_dir, batch_size=GLOBAL_BATCH, max_steps=STEPS, learning_rate=0.05,
+                             logging_steps=2, checkpointing_steps=2, max_grad_norm=3.0, resume=False)
+    accelerator = build_accelerator(args)
+    set_seed(0)
+    inputs = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+    targets = torch.tanh(inputs @ torch.randn(6, 2, generator=torch.Generator().manual_seed(2)))
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=per_process_batch_size(args, accelerator),
+                        shuffle=True, drop_last=True)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 2))
+    probe = torch.randn(11, 6, generator=torch.Generator().manual_seed(3))
+
+    def evaluate(loop, epoch):
+        outputs = loop.predict(DataLoader(TensorDataset(probe), batch_size=3), lambda m, batch: m(batch[0]))
+        return {"rows": len(outputs), "outputs": outputs.tolist()}
+
+    loop = TrainingLoop(accelerator, args, model, optimizer, loader, Regression(), scheduler, evaluate=evaluate)
+    summary = loop.run()
+    state = accelerator.get_state_dict(loop.model)  # collective under ZeRO-3 / FSDP
+    return {
+        "distributed_type": str(accelerator.distributed_type), "num_processes": accelerator.num_processes,
+        "history": summary["history"], "evaluations": summary["evaluations"],
+        "weights": {name: value.tolist() for name, value in (state or {}).items()},
+        "checkpoints": sorted(p.name for p in loop.checkpoint_root.iterdir()) if accelerator.is_main_process else [],
+        "is_main": accelerator.is_main_process,
+    }
+
+
+if __name__ == "__main__":
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        import deepspeed.ops
+
+        # Skip the ~90 s first-run JIT build of DeepSpeed's shared-memory collectives; gloo carries them on CPU.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    result = toy_run(sys.argv[1])
+    if result.pop("is_main"):
+        Path(sys.argv[2]).write_text(json.dumps(result))
+    sys.exit(0)
+
+import pytest  # noqa: E402  (not needed by the launched script above)
+
+ENGINES = {
+    # name: (shipped config, extra environment, expected distributed type)
+    "ddp": ("multi_gpu.yaml", {"ACCELERATE_USE_CPU": "true"}, "DistributedType.MULTI_CPU"),
+    "zero2": ("deepspeed_zero2.yaml", {}, "DistributedType.DEEPSPEED"),
+    "zero3": ("deepspeed_zero3.yaml", {}, "DistributedType.DEEPSPEED"),
+    "fsdp2": ("fsdp2.yaml", {}, None),  # refused on CPU: accelerate applies FSDP to GPU process groups only
+}
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory):
+    """All launches at once (their start-up is mostly imports), then the 1-process reference in this process."""
+    root = tmp_path_factory.mktemp("engines")
+    started, running = time.perf_counter(), {}
+    for engine, (config, extra_env, _) in ENGINES.items():
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra_env}
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
+                   "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
+                   __file__, str(root / engine), str(root / f"{engine}.json")]
+        running[engine] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reference = toy_run(str(root / "one"))
+    results = {}
+    for engine, process in running.items():
+        _, stderr = process.communicate(timeout=300)
+        result_file = root / f"{engine}.json"
+        results[engine] = (process.returncode, stderr, json.loads(result_file.read_text()) if result_file.exists() else None)
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"4 launches in parallel: {time.perf_counter() - started:.1f} s wall, "
+          f"{cpu.ru_utime + cpu.ru_stime:.1f} s CPU in the launched processes")
+    return reference, results
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
+def test_two_processes_equal_one(engine, launches):
+    single_process, results = launches
+    returncode, stderr, result = results[engine]
+    assert returncode == 0, stderr[-4000:]
+    assert (result["distributed_type"], result["num_processes"]) == (ENGINES[engine][2], 2)
+    assert [r["step"] for r in result["history"]] == list(range(1, STEPS + 1))
+    for two, one in zip(result["history"], single_process["history"]):
+        for name in ("loss", "mse", "scale"):
+            assert two[name] == pytest.approx(one[name], rel=1e-5, abs=1e-7), (engine, two["step"], name)
+    assert single_process["history"][-1]["mse"] < single_process["history"][0]["mse"]  # the steps did something
+    (evaluation,) = result["evaluations"]
+    assert evaluation["rows"] == 11  # gather_for_metrics dropped the duplicated padding rows
+    torch.testing.assert_close(torch.tensor(evaluation["outputs"]),
+                               torch.tensor(single_process["evaluations"][0]["outputs"]), rtol=1e-5, atol=1e-6)
+    assert set(result["weights"]) == set(single_process["weights"])
+    for name, value in result["weights"].items():
+        torch.testing.assert_close(torch.tensor(value), torch.tensor(single_process["weights"][name]),
+                                   rtol=1e-5, atol=1e-6)
+    assert result["checkpoints"] == ["checkpoint_0", "checkpoint_1"]  # save_state at steps 2 and 4
+
+
+@pytest.mark.multiprocess
+def test_fsdp2_config_on_cpu_is_refused_not_run_unsynchronised(launches):
+    """accelerate 1.15 turns the FSDP config on a GPU-less machine into 2 independent DistributedType.NO processes
+    (measured: no gradient sync, both ranks writing checkpoint_0); build_accelerator stops that launch."""
+    returncode, stderr, result = launches[1]["fsdp2"]
+    assert returncode != 0 and result is None
+    assert "processes were launched but Accelerate runs them unsynchronised" in stderr
