@@ -31,6 +31,7 @@ from cxrfm.processing.datasets import (
     CXR_LT_40,
     VINDR_20,
     VINDR_28,
+    cxr_features,
     decode_siim_rle,
     get_label_names,
     load_chexpert,
@@ -49,7 +50,6 @@ from cxrfm.processing.datasets import (
     load_vindr,
     register_cxr_image_plugins,
 )
-from cxrfm.processing.datasets._common import cxr_features
 from cxrfm.processing.image_processing_cxr import load_cxr_image
 
 COMMON = list(cxr_features(["x"]))

@@ -1,4 +1,5 @@
-"""Phantom set (processing/datasets/phantom.py) and the shared schema helpers (processing/datasets/_common.py)."""
+"""Phantom set (processing/datasets/phantom.py) and the shared schema helpers (processing/datasets/_common.py,
+through the public cxrfm.processing.datasets)."""
 
 import re
 
@@ -8,11 +9,7 @@ import torch
 from datasets import Dataset, Features, Value, load_from_disk
 from datasets import Image as HFImage
 
-from cxrfm.processing.datasets._common import (
-    CHEXPERT_5,
-    CHEXPERT_13,
-    CHEXPERT_14,
-    CXR_LT_40,
+from cxrfm.processing.datasets import (
     collate_labels,
     cxr_features,
     encode_labels,
@@ -32,6 +29,7 @@ from cxrfm.processing.datasets.phantom import (
     make_phantom_files,
     render_phantom_images,
 )
+from cxrfm.processing.labels import CHEXPERT_5, CHEXPERT_13, CHEXPERT_14, CXR_LT_40
 from cxrfm.processing.text import extract_sections, split_sentences
 
 
@@ -376,3 +374,14 @@ def test_streaming_memory_is_flat():
         tracemalloc.stop()
     assert index > 400
     assert current - after_warm_up < 500_000 and peak - after_warm_up < 4_000_000, (after_warm_up, current, peak)
+
+
+def test_labels_only_phantom_has_the_same_rows_without_pixels():
+    images = load_phantom(num_images=30, image_size=32, seed=3)
+    stats = load_phantom(num_images=30, image_size=32, seed=3, labels_only=True)
+    for split in images:
+        assert "image" not in stats[split].column_names and "masks" not in stats[split].column_names
+        for column in ("labels", "report", "patient_id", "view"):
+            assert stats[split][column] == images[split][column]
+    with pytest.raises(ValueError, match="labels_only=True is not supported"):
+        make_phantom_files("/nonexistent", labels_only=True)
