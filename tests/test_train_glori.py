@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from cxrfm.modeling import CheXFoundConfig, CheXFoundModel, GLoRIForMultiLabel
 from cxrfm.processing import CXRImageProcessor
-from cxrfm.processing.datasets._common import CXR_LT_40
+from cxrfm.processing.labels import CXR_LT_40
 from cxrfm.processing.datasets.phantom import load_phantom
-from cxrfm.training.train_glori import PAPER_LEARNING_RATES, GLoRITrainTransform, main, parse_args
+from cxrfm.training.train_glori import PAPER_LEARNING_RATES, GLoRITrainTransform, HeadGridObjective, main, parse_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 LABELS = ["Support Devices", "Pleural Effusion", "Cardiomegaly", "Edema"]
@@ -46,7 +46,7 @@ def trained(workspace):
     # which is what the attention test below checks; cat_cls=True is covered by the model tests.
     root, _ = workspace
     results = main(common_args(root, "run1") + ["--learning_rates", "1e-3", "3e-3", "--selection_epochs", "40",
-                                                "--epochs", "3", "--cat_cls", "false", "--checkpoint_every_epochs", "10"])
+                                                "--num_epochs", "3", "--cat_cls", "false", "--checkpointing_steps", "1000"])
     return root, results
 
 
@@ -72,7 +72,7 @@ def test_second_run_reuses_the_cache_without_backbone_forward(trained, monkeypat
         raise AssertionError("the backbone ran although every split is cached")
 
     monkeypatch.setattr(GLoRIForMultiLabel, "extract_backbone_features", no_backbone)
-    results = main(common_args(root, "run2") + ["--learning_rates", "1e-3", "--selection_epochs", "1", "--epochs", "1",
+    results = main(common_args(root, "run2") + ["--learning_rates", "1e-3", "--selection_epochs", "1", "--num_epochs", "1",
                                                 "--retrain_on_train_val", "false"])
     assert {split: info["reused"] for split, info in results["feature_cache"].items()} == {
         "train": True, "validation": True, "test": True}
@@ -80,17 +80,33 @@ def test_second_run_reuses_the_cache_without_backbone_forward(trained, monkeypat
 
 
 def test_interrupted_run_resumes_to_the_same_result(trained):
+    """Stage 1 (8 steps per epoch x 3) killed at step 19, with checkpoints every 4 steps: the rerun resumes from
+    step 16, its remaining losses equal an uninterrupted run's, and so does the result."""
     root, _ = trained
-    args = ["--learning_rates", "3e-3", "--selection_epochs", "3", "--epochs", "1", "--retrain_on_train_val", "false"]
+    args = ["--learning_rates", "3e-3", "--selection_epochs", "3", "--num_epochs", "1", "--checkpointing_steps", "4"]
     uninterrupted = main(common_args(root, "run3", n_bootstrap=0) + args)
-    stage1 = root / "run4" / "checkpoints" / "stage1"
-    main(common_args(root, "run4", n_bootstrap=0) + args)
-    for path in sorted((stage1 / "epoch_3").rglob("*"), reverse=True):  # as if killed during epoch 3
-        path.unlink()
-    (stage1 / "epoch_3").rmdir()
+    assert len(uninterrupted["history"]["stage1"]) == 24  # 240 training rows / 32 = 8 steps (last one short)
+
+    def kill_at_19(self, loop, step):
+        if step == 19:
+            raise KeyboardInterrupt("simulated kill")
+
+    original = HeadGridObjective.on_step_end
+    HeadGridObjective.on_step_end = kill_at_19
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(common_args(root, "run4", n_bootstrap=0) + args)
+    finally:
+        HeadGridObjective.on_step_end = original
+    stage1 = root / "run4" / "stage1" / "checkpoints"
+    assert sorted(p.name for p in stage1.iterdir()) == ["checkpoint_2", "checkpoint_3"]  # steps 12, 16 (limit 2)
     resumed = main(common_args(root, "run4", n_bootstrap=0) + args)
-    assert sorted(p.name for p in stage1.iterdir()) == ["epoch_2", "epoch_3"]
-    assert resumed["test"]["macro"]["auroc"] == pytest.approx(uninterrupted["test"]["macro"]["auroc"], abs=1e-6)
+    expected = {record["step"]: record for record in uninterrupted["history"]["stage1"]}
+    assert [record["step"] for record in resumed["history"]["stage1"]] == list(range(17, 25))
+    for record in resumed["history"]["stage1"]:
+        assert record == expected[record["step"]]
+    assert resumed["history"]["stage2"] == uninterrupted["history"]["stage2"]
+    assert resumed["test"]["macro"]["auroc"] == uninterrupted["test"]["macro"]["auroc"]
 
 
 def test_attention_concentrates_inside_the_edema_mask(trained, workspace):
@@ -133,17 +149,17 @@ def test_train_transform_is_the_official_random_resized_crop_and_seeded():
 def test_augment_mode_and_label_fraction(trained, workspace):
     root, _ = trained
     results = main(common_args(root, "run5", ["Cardiomegaly", "Edema"], "augment", n_bootstrap=0) + [
-        "--label_fraction", "0.1", "--learning_rates", "1e-3", "--selection_epochs", "1", "--epochs", "1"])
+        "--label_fraction", "0.1", "--learning_rates", "1e-3", "--selection_epochs", "1", "--num_epochs", "1"])
     assert results["num_train_images"] == math.ceil(0.1 * workspace[1]["train"].num_rows) and "train" not in results["feature_cache"]
     assert results["feature_cache"]["validation"]["reused"] is True  # evaluation features are cached in both modes
 
 
 def test_config_files_parse_and_unknown_keys_fail(tmp_path):
     for name in ("glori_paper.yaml", "glori_tiny.yaml"):
-        model_args, data_args, recipe = parse_args(["--config", str(CONFIGS / name)])
-        assert recipe.weight_decay == 1e-4 and model_args.head == "glori"
-    _, _, paper = parse_args(["--config", str(CONFIGS / "glori_paper.yaml"), "--epochs", "100"])
-    assert paper.epochs == 100 and paper.feature_mode == "augment"
+        args = parse_args(["--config", str(CONFIGS / name), "--output_dir", str(tmp_path)])
+        assert args.weight_decay == 1e-4 and args.head == "glori"
+    paper = parse_args(["--config", str(CONFIGS / "glori_paper.yaml"), "--num_epochs", "100"])
+    assert paper.num_epochs == 100 and paper.feature_mode == "augment" and paper.output_dir == "runs/glori_paper"
     assert tuple(paper.learning_rates) == PAPER_LEARNING_RATES  # the paper's 9-rate search, not the code's 13
     bad = tmp_path / "bad.yaml"
     bad.write_text("output_dir: x\ni2label: {0: a}\n")
@@ -151,3 +167,12 @@ def test_config_files_parse_and_unknown_keys_fail(tmp_path):
         parse_args(["--config", str(bad)])
     with pytest.raises(ValueError, match="feature_mode must be 'augment' or 'cached'"):
         parse_args(["--output_dir", "x", "--feature_mode", "online"])
+    bad.write_text("head: linear\n")
+    with pytest.raises(ValueError, match="required \\['output_dir'\\] not set"):
+        parse_args(["--config", str(bad)])
+    # renamed settings fail loudly instead of being ignored
+    with pytest.raises(ValueError, match="command line: 'epochs' was renamed to 'num_epochs'"):
+        parse_args(["--output_dir", "x", "--epochs", "3"])
+    bad.write_text("output_dir: x\ncheckpoint_every_epochs: 1\n")
+    with pytest.raises(ValueError, match="bad.yaml: 'checkpoint_every_epochs' was renamed to 'checkpointing_steps'"):
+        parse_args(["--config", str(bad)])

@@ -91,6 +91,11 @@ def parse_args(arguments_class: type, argv: list[str] | None = None):
             raise ValueError(f"{config_path}: expected a mapping of {arguments_class.__name__} fields.")
         source = str(config_path)
     known = {f.name for f in fields(arguments_class)}
+    renamed = getattr(arguments_class, "renamed_fields", {})  # old name -> new name, refused with a pointer
+    flags = [arg[2:].split("=")[0] for arg in argv if arg.startswith("--")]
+    old = next((name for name in [*values, *flags] if name in renamed), None)
+    if old is not None:
+        raise ValueError(f"{source if old in values else 'command line'}: '{old}' was renamed to '{renamed[old]}'.")
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{source}: unknown keys {unknown}; valid keys are the fields of {arguments_class.__name__}.")
@@ -113,15 +118,15 @@ def parse_args(arguments_class: type, argv: list[str] | None = None):
     return arguments_class(**merged)
 
 
-def build_accelerator(args: TrainingArguments, **kwargs) -> Accelerator:
-    """The recipe's Accelerator: checkpoints `<output_dir>/checkpoints/checkpoint_<i>` (automatic naming, at most
-    `checkpoints_total_limit`), shuffling seeded by (seed, epoch) so a resumed epoch replays its order, and the
+def build_accelerator(args: TrainingArguments, project_dir: str | None = None, **kwargs) -> Accelerator:
+    """The recipe's Accelerator: checkpoints `<project_dir or output_dir>/checkpoints/checkpoint_<i>` (automatic
+    naming, at most `checkpoints_total_limit`; a recipe with several training stages gives each its project_dir), shuffling seeded by (seed, epoch) so a resumed epoch replays its order, and the
     gloo backend without CUDA (accelerate otherwise leaves DeepSpeed on CPU without a backend: environment.md §2)."""
     handlers = list(kwargs.pop("kwargs_handlers", []))
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a multi-process launch
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     project = ProjectConfiguration(
-        project_dir=args.output_dir, automatic_checkpoint_naming=True, total_limit=args.checkpoints_total_limit
+        project_dir=project_dir or args.output_dir, automatic_checkpoint_naming=True, total_limit=args.checkpoints_total_limit
     )
     # Schedules count optimizer steps of the GLOBAL batch: the loop steps the scheduler once per optimizer step
     # (accelerate would otherwise step it once per process, as if each process's batch were a step).

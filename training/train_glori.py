@@ -22,24 +22,22 @@ Validation and test features are cached in both modes (they are never augmented)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from datasets import DatasetDict, Image, load_from_disk
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
-from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from transformers import get_cosine_schedule_with_warmup
 
 from cxrfm.evaluation import format_table, multilabel_metrics
 from cxrfm.hub import resolve_model_path
@@ -48,9 +46,11 @@ from cxrfm.modeling.chexfound.configuration_chexfound import CHEXFOUND_PRESETS
 from cxrfm.modeling.chexfound.modeling_glori import GLoRIForMultiLabel, masked_multilabel_bce_loss
 from cxrfm.pipelines import save_classification_pipeline
 from cxrfm.processing.augment_cxr import sample_resized_crop
-from cxrfm.processing.datasets._common import get_label_names
+from cxrfm.processing.datasets import LoaderOptions, get_label_names, load_dataset_by_name
 from cxrfm.processing.image_processing_cxr import CXRImageProcessor, load_cxr_image, resize_grey
 from cxrfm.training.feature_cache import build_feature_cache, feature_cache_key
+from cxrfm.training.recipe import Objective, TrainingArguments, TrainingLoop, build_accelerator
+from cxrfm.training.recipe import parse_args as parse_recipe_args
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ OFFICIAL_LEARNING_RATES = PAPER_LEARNING_RATES + (1e-2, 2e-2, 5e-2, 0.1)
 _HEAD_FIELDS = ("n_last_blocks", "decoder_dim", "num_heads", "ffn_dim", "dropout", "cat_cls", "linear_avgpool")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelArguments:
     backbone: str = field(default="chexfound-vit-large-patch16-512", metadata={
         "help": "folder or Hub id of a saved CheXFoundModel, or a CheXFound preset name (random weights)"})
@@ -77,10 +77,8 @@ class ModelArguments:
     linear_avgpool: bool | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataArguments:
-    dataset: str = field(default="phantom", metadata={
-        "help": "'phantom' (synthetic set) or a DatasetDict folder saved with save_to_disk (cxrfm schema)"})
     phantom_num_images: int = 512
     phantom_image_size: int = 64
     phantom_seed: int = 0
@@ -93,15 +91,20 @@ class DataArguments:
     label_fraction_seed: int = 0
 
 
-@dataclass
-class RecipeArguments:
-    output_dir: str = field(metadata={"help": "results.json, checkpoints/ and the final model/ go here"})
+@dataclass(kw_only=True)
+class GLoRIArguments(TrainingArguments, ModelArguments, DataArguments):
+    """All settings of the recipe: the shared `TrainingArguments` (`num_epochs` = stage-2 epochs, `batch_size`
+    global, `checkpointing_steps`, `resume`, `dataset` = 'phantom', a loader name, a CSV or a save_to_disk
+    DatasetDict folder, `data_root`), the model, the data and the protocol fields below."""
+
+    renamed_fields = {"epochs": "num_epochs", "checkpoint_every_epochs": "checkpointing_steps"}  # (not a field)
+
     feature_mode: str = field(default="augment", metadata={"help": "augment (official) or cached (fast)"})
     cache_dir: str | None = field(default=None, metadata={"help": "feature caches (default <output_dir>/feature_cache)"})
     cache_dtype: str = "float16"
     learning_rates: list[float] = field(default_factory=lambda: list(PAPER_LEARNING_RATES))
-    epochs: int = field(default=10, metadata={"help": "paper: 10 (CXR-LT, CheXpert, PLCO), 100 (small sets)"})
-    selection_epochs: int | None = field(default=None, metadata={"help": "stage-1 epochs (default: epochs)"})
+    num_epochs: int = field(default=10, metadata={"help": "paper: 10 (CXR-LT, CheXpert, PLCO), 100 (small sets)"})
+    selection_epochs: int | None = field(default=None, metadata={"help": "stage-1 epochs (default: num_epochs)"})
     retrain_on_train_val: bool = True
     batch_size: int = field(default=256, metadata={"help": "global batch size (paper: 256; 16 for tiny sets)"})
     eval_batch_size: int = 32
@@ -109,59 +112,43 @@ class RecipeArguments:
     weight_decay: float = 1e-4
     crop_scale_min: float = 0.75
     n_bootstrap: int = 1000
-    seed: int = 0
-    resume: bool = True
-    checkpoint_every_epochs: int = 1
-    checkpoints_total_limit: int = 2
+    checkpointing_steps: int | None = field(default=100, metadata={"help": "save_state every N steps of a stage"})
     num_workers: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.feature_mode not in ("augment", "cached"):
             raise ValueError(f"feature_mode must be 'augment' or 'cached', got {self.feature_mode!r}.")
         if not self.learning_rates or min(self.learning_rates) <= 0:
             raise ValueError(f"learning_rates must be positive and non-empty, got {self.learning_rates}.")
-        if self.epochs < 1 or (self.selection_epochs is not None and self.selection_epochs < 1):
-            raise ValueError("epochs and selection_epochs must be >= 1.")
+        if self.selection_epochs is not None and self.selection_epochs < 1:
+            raise ValueError("selection_epochs must be >= 1.")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, RecipeArguments]:
-    """CLI arguments, with `--config FILE.yaml` supplying defaults that later flags override. Unknown keys in the
-    YAML file or on the command line are errors."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv:
-        position = argv.index("--config")
-        config_path = Path(argv[position + 1])
-        del argv[position : position + 2]
-        values = yaml.safe_load(config_path.read_text()) or {}
-        known = {f.name for dataclass_type in parser.dataclass_types for f in fields(dataclass_type)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{config_path}: unknown keys {unknown}; valid keys: {sorted(known)}.")
-        parser.set_defaults(**values)
-        for action in parser._actions:  # a value from the file satisfies a required flag
-            if action.dest in values:
-                action.required = False
-    return parser.parse_args_into_dataclasses(args=argv)
+def parse_args(argv: list[str] | None = None) -> GLoRIArguments:
+    """`--config FILE.yaml` then `--key value` overrides (`cxrfm.training.recipe.parse_args`): unknown keys, wrong
+    types and a missing output_dir are errors."""
+    return parse_recipe_args(GLoRIArguments, argv)
 
 
 # ---------------------------------------------------------------------------------------------------- data
 
 
-def load_splits(data_args: DataArguments) -> DatasetDict:
-    if data_args.dataset == "phantom":
-        from cxrfm.processing.datasets.phantom import load_phantom
-
-        splits = load_phantom(data_args.phantom_num_images, data_args.phantom_image_size, data_args.phantom_seed,
-                              with_masks=False)
+def load_splits(args: GLoRIArguments) -> DatasetDict:
+    """The train / validation (/ test) splits with undecoded images: a save_to_disk DatasetDict folder, the phantom
+    set, or a collection of the loader registry by name (or a CSV file) read from `data_root`."""
+    if Path(args.dataset).is_dir():
+        splits = load_from_disk(args.dataset)
+    elif args.dataset == "phantom":
+        kwargs = {"num_images": args.phantom_num_images, "image_size": args.phantom_image_size,
+                  "seed": args.phantom_seed, "with_masks": False}
+        splits = load_dataset_by_name("phantom", LoaderOptions(kwargs=kwargs))
     else:
-        if not Path(data_args.dataset).is_dir():
-            raise FileNotFoundError(f"dataset {data_args.dataset!r} is neither 'phantom' nor a save_to_disk folder.")
-        splits = load_from_disk(data_args.dataset)
-    needed = [data_args.train_split, data_args.validation_split] + ([data_args.test_split] if data_args.test_split else [])
+        splits = load_dataset_by_name(args.dataset, LoaderOptions(root=args.data_root))
+    needed = [args.train_split, args.validation_split] + ([args.test_split] if args.test_split else [])
     missing = [name for name in needed if name not in splits]
     if missing:
-        raise ValueError(f"dataset {data_args.dataset}: missing splits {missing}; it has {list(splits)}.")
+        raise ValueError(f"dataset {args.dataset}: missing splits {missing}; it has {list(splits)}.")
     # Undecoded sources: the image processor reads paths/bytes itself (DICOM, 16-bit PNG at full precision).
     return DatasetDict({name: splits[name].select_columns(["image", "labels", "positive_labels"])
                         .cast_column("image", Image(decode=False)) for name in needed})
@@ -219,22 +206,6 @@ class Rows(Dataset):
         return self.transform(self.sources[row], generator), self.labels[row]
 
 
-class EpochShuffleSampler(Sampler):
-    """A permutation drawn from (seed, epoch): the same on every process and after a resume."""
-
-    def __init__(self, num_rows: int, seed: int):
-        self.num_rows, self.seed, self.epoch = num_rows, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_rows
-
-    def __iter__(self):
-        return iter(torch.randperm(self.num_rows, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
-
-
 def labelled_subset(num_rows: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of a seeded random `fraction` of the rows (at least one)."""
     if not 0 < fraction <= 1:
@@ -273,74 +244,73 @@ def head_inputs(model: GLoRIForMultiLabel, batch) -> tuple[torch.Tensor, torch.T
     return patch_tokens.to(head_dtype), cls_tokens.to(head_dtype), labels
 
 
-def train_heads(accelerator, model, grid: HeadGrid, learning_rates, dataset, epochs, args, stage_dir: Path) -> HeadGrid:
-    """AdamW (one param group per head) + cosine to 0 over all steps, masked BCE summed over heads; `save_state`
-    after every epoch into `stage_dir/epoch_<n>`, resumed from the latest one."""
-    accelerator.free_memory()  # forget objects prepared by earlier stages/evaluations (save_state saves the prepared ones)
-    sampler = EpochShuffleSampler(len(dataset), args.seed)
-    per_process = args.batch_size // accelerator.num_processes
-    loader = DataLoader(dataset, batch_size=per_process, sampler=sampler, num_workers=args.num_workers)
+class HeadGridObjective(Objective):
+    """Masked BCE of every head of the grid (summed over heads) on frozen-backbone features. The epoch is handed to
+    the training rows, whose random crops are seeded by (seed, epoch, row), and kept in checkpoints so a resumed
+    epoch crops as the uninterrupted one did."""
+
+    def __init__(self, model: GLoRIForMultiLabel, dataset):
+        self.model, self.epoch = model, 0
+        self.parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+
+    def _set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for part in self.parts:
+            part.epoch = epoch
+
+    def on_train_start(self, loop) -> None:
+        self.model.backbone.eval()
+
+    def on_epoch_start(self, loop, epoch: int) -> None:
+        self._set_epoch(epoch)
+
+    def compute_loss(self, grid, batch) -> dict[str, torch.Tensor]:
+        patch_tokens, cls_tokens, labels = head_inputs(self.model, batch)
+        logits = grid(patch_tokens, cls_tokens)
+        return {"bce": masked_multilabel_bce_loss(logits.float(), labels.expand_as(logits).to(logits.device))}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._set_epoch(state["epoch"])
+
+
+def train_heads(args: GLoRIArguments, model, grid: HeadGrid, learning_rates, dataset, epochs: int,
+                stage_dir: Path) -> TrainingLoop:
+    """AdamW (one param group per head) + cosine to 0 over all steps, through the recipe loop: `save_state` every
+    `checkpointing_steps` into `stage_dir/checkpoints/checkpoint_<i>`, resumed exactly from the latest. Returns the
+    finished loop (its prepared grid predicts on every process)."""
+    stage_args = dataclasses.replace(args, num_epochs=epochs)
+    accelerator = build_accelerator(stage_args, project_dir=str(stage_dir))  # one checkpoint folder per stage
+    loader = DataLoader(dataset, batch_size=args.batch_size // accelerator.num_processes, shuffle=True,
+                        num_workers=args.num_workers)
     groups = [{"params": head.parameters(), "lr": lr} for head, lr in zip(grid.heads.values(), learning_rates)]
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    grid, optimizer, loader = accelerator.prepare(grid, optimizer, loader)
-    scheduler = accelerator.prepare_scheduler(get_cosine_schedule_with_warmup(optimizer, 0, epochs * len(loader)))
-
-    done = sorted((int(p.name.split("_")[1]) for p in stage_dir.glob("epoch_*")), reverse=True) if args.resume else []
-    start_epoch = done[0] if done else 0
-    if start_epoch:
-        accelerator.load_state(str(stage_dir / f"epoch_{start_epoch}"))
-        logger.info("Resumed %s from epoch %d", stage_dir.name, start_epoch)
-    accelerator.print(
-        f"***** Running training ({stage_dir.name}) *****\n  examples = {len(dataset)}, heads = {len(learning_rates)}, "
-        f"epochs = {epochs}, total train batch size (w. parallel) = {per_process * accelerator.num_processes}, "
-        f"steps = {epochs * len(loader)}"
-    )
-    progress = tqdm(total=(epochs - start_epoch) * len(loader), desc=stage_dir.name,
-                    disable=not accelerator.is_local_main_process)
-    model.backbone.eval()
-    for epoch in range(start_epoch, epochs):
-        grid.train()
-        loader.set_epoch(epoch)
-        dataset_with_epoch = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
-        for part in dataset_with_epoch:
-            part.epoch = epoch
-        for batch in loader:
-            patch_tokens, cls_tokens, labels = head_inputs(model, batch)
-            with accelerator.autocast():
-                logits = grid(patch_tokens, cls_tokens)
-            loss = masked_multilabel_bce_loss(logits.float(), labels.expand_as(logits).to(logits.device))
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            progress.update(1)
-        accelerator.log({f"{stage_dir.name}/loss": loss.item(), f"{stage_dir.name}/epoch": epoch + 1})
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-        if (epoch + 1) % args.checkpoint_every_epochs and epoch + 1 < epochs:
-            continue
-        accelerator.save_state(str(stage_dir / f"epoch_{epoch + 1}"))
-        if accelerator.is_main_process:
-            for old in sorted(stage_dir.glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))[:-args.checkpoints_total_limit]:
-                for path in sorted(old.rglob("*"), reverse=True):
-                    path.unlink() if path.is_file() else path.rmdir()
-                old.rmdir()
-    progress.close()
-    grid = accelerator.unwrap_model(grid)
-    accelerator.free_memory()
-    return grid
+    steps = args.max_steps or epochs * math.ceil(len(dataset) / args.batch_size)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, steps)
+    loop = TrainingLoop(accelerator, stage_args, grid, optimizer, loader, HeadGridObjective(model, dataset), scheduler)
+    logger.info("%s: %d examples, %d heads, %d epochs, global batch %d, %d steps", stage_dir.name, len(dataset),
+                len(learning_rates), epochs, args.batch_size, loop.total_steps)
+    loop.summary = loop.run()
+    return loop
 
 
-@torch.no_grad()
-def predict(accelerator, model, grid: HeadGrid, dataset, batch_size: int) -> np.ndarray:
-    """Sigmoid scores `(H, N, C)` of every head of the grid on `dataset` (eval mode)."""
-    loader = accelerator.prepare_data_loader(DataLoader(dataset, batch_size=batch_size))
-    grid.eval().to(accelerator.device)
-    scores = []
-    for batch in loader:
+def predict(loop: TrainingLoop, model: GLoRIForMultiLabel, dataset, batch_size: int) -> np.ndarray:
+    """Sigmoid scores `(H, N, C)` of every head of the loop's prepared grid on `dataset`, computed on every process
+    and gathered with `gather_for_metrics`."""
+    def forward(grid, batch):
         patch_tokens, cls_tokens, _ = head_inputs(model, batch)
-        logits = grid(patch_tokens, cls_tokens).transpose(0, 1).contiguous()  # (B, H, C) for gathering
-        scores.append(accelerator.gather_for_metrics(torch.sigmoid(logits.float())).cpu())
-    return torch.cat(scores).transpose(0, 1).numpy()
+        return torch.sigmoid(grid(patch_tokens, cls_tokens).float()).transpose(0, 1).contiguous()  # (B, H, C)
+
+    return loop.predict(DataLoader(dataset, batch_size=batch_size), forward).transpose(0, 1).numpy()
+
+
+def trained_grid(loop: TrainingLoop, grid: HeadGrid) -> HeadGrid:
+    """`grid` (the module given to the loop) holding the trained weights, gathered from the prepared one (a
+    collective: sharded under ZeRO-3)."""
+    grid.load_state_dict(loop.accelerator.get_state_dict(loop.model, unwrap=True))
+    return grid
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -371,30 +341,30 @@ def build_model(model_args: ModelArguments, label_names: list[str]) -> tuple[GLo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, args = parse_args(argv)
-    accelerator = Accelerator(step_scheduler_with_optimizer=False)
+    args = parse_args(argv)
+    accelerator = build_accelerator(args)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file otherwise
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"model": asdict(model_args), "data": asdict(data_args), "recipe": asdict(args)}
+    resolved = asdict(args)
     logger.info("Resolved configuration:\n%s", yaml.safe_dump(resolved, sort_keys=False))
     if accelerator.is_main_process:
         (output_dir / "train_glori_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     set_seed(args.seed)
     started = time.perf_counter()
 
-    splits = load_splits(data_args)
-    all_names = get_label_names(splits[data_args.train_split])
-    names = list(data_args.label_names or all_names)
+    splits = load_splits(args)
+    all_names = get_label_names(splits[args.train_split])
+    names = list(args.label_names or all_names)
     unknown = sorted(set(names) - set(all_names))
     if unknown:
         raise ValueError(f"label_names {unknown} are not in the dataset; it has {all_names}.")
     columns = [all_names.index(name) for name in names]
     labels = {split: torch.from_numpy(splits[split].with_format("numpy")[:]["labels"][:, columns].astype(np.float32))
               for split in splits}
-    model, processor = build_model(model_args, names)
+    model, processor = build_model(args, names)
     model.to(accelerator.device)
 
     # Features: evaluation-transform caches (all splits in cached mode; validation/test always).
@@ -402,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
     cache_root = Path(args.cache_dir) if args.cache_dir else output_dir / "feature_cache"
     cached, cache_info = {}, {}
     for split in splits:
-        if split == data_args.train_split and args.feature_mode == "augment":
+        if split == args.train_split and args.feature_mode == "augment":
             continue
         key = feature_cache_key(model.backbone, model.config.n_last_blocks, processor, splits[split]._fingerprint,
                                 args.cache_dtype)
@@ -418,22 +388,24 @@ def main(argv: list[str] | None = None) -> dict:
     transform = GLoRITrainTransform(processor, args.crop_scale_min)
 
     def rows(split: str, fraction: float) -> Rows:
-        selected = labelled_subset(len(splits[split]), fraction, data_args.label_fraction_seed)
+        selected = labelled_subset(len(splits[split]), fraction, args.label_fraction_seed)
         if args.feature_mode == "cached":
             return Rows(selected, labels[split], features=cached[split])
         return Rows(selected, labels[split], sources=ImageSources(splits[split]), transform=transform, seed=args.seed)
 
-    train_split, val_split, test_split = data_args.train_split, data_args.validation_split, data_args.test_split
-    train_rows = rows(train_split, data_args.label_fraction)
-    val_rows = rows(val_split, data_args.label_fraction)
+    train_split, val_split, test_split = args.train_split, args.validation_split, args.test_split
+    train_rows = rows(train_split, args.label_fraction)
+    val_rows = rows(val_split, args.label_fraction)
     # Selection sees the same labelled validation subset that stage 2 trains on.
     val_eval = Rows(val_rows.rows, labels[val_split], features=cached[val_split])
 
     # Stage 1: the whole grid on TRAIN, selected on VALIDATION.
     grid = HeadGrid({rate_name(lr): model.new_head() for lr in args.learning_rates})
-    grid = train_heads(accelerator, model, grid, args.learning_rates, train_rows,
-                       args.selection_epochs or args.epochs, args, output_dir / "checkpoints" / "stage1")
-    val_scores = predict(accelerator, model, grid, val_eval, args.eval_batch_size)
+    loop = train_heads(args, model, grid, args.learning_rates, train_rows, args.selection_epochs or args.num_epochs,
+                       output_dir / "stage1")
+    history = {"stage1": loop.summary["history"]}
+    val_scores = predict(loop, model, val_eval, args.eval_batch_size)
+    grid = trained_grid(loop, grid)
     val_labels = labels[val_split][val_rows.rows].numpy()
     per_rate = {}
     for name, scores in zip(grid.heads, val_scores):
@@ -443,26 +415,25 @@ def main(argv: list[str] | None = None) -> dict:
     best_rate, best_name = args.learning_rates[best_index], list(grid.heads)[best_index]
     logger.info("Validation macro AUROC per learning rate: %s -> best %s", per_rate, best_name)
     validation_metrics = multilabel_metrics(val_labels, val_scores[best_index], names, args.n_bootstrap, args.seed)
-    final_head = grid.heads[best_name]
+    final_loop, final_grid, final_index = loop, grid, best_index
 
     # Stage 2: the best head, warm-started, on TRAIN + VALIDATION.
     if args.retrain_on_train_val:
-        retrain = HeadGrid({best_name: copy.deepcopy(final_head)})
-        retrain = train_heads(accelerator, model, retrain, [best_rate], ConcatDataset([train_rows, val_rows]),
-                              args.epochs, args, output_dir / "checkpoints" / "stage2")
-        final_head = retrain.heads[best_name]
-    model.head = final_head.to(accelerator.device)
-
+        final_grid, final_index = HeadGrid({best_name: copy.deepcopy(grid.heads[best_name])}), 0
+        final_loop = train_heads(args, model, final_grid, [best_rate], ConcatDataset([train_rows, val_rows]),
+                                 args.num_epochs, output_dir / "stage2")
+        history["stage2"] = final_loop.summary["history"]
     results = {
-        "label_names": names, "feature_mode": args.feature_mode, "label_fraction": data_args.label_fraction,
+        "label_names": names, "feature_mode": args.feature_mode, "label_fraction": args.label_fraction,
         "num_train_images": len(train_rows), "num_validation_images": len(val_rows),
         "selection": {"metric": "validation macro AUROC", "per_learning_rate": per_rate, "best_learning_rate": best_rate},
         "validation": validation_metrics, "feature_cache": cache_info,
     }
     if test_split:
         test_rows = Rows(np.arange(len(splits[test_split])), labels[test_split], features=cached[test_split])
-        test_scores = predict(accelerator, model, HeadGrid({best_name: final_head}), test_rows, args.eval_batch_size)[0]
+        test_scores = predict(final_loop, model, test_rows, args.eval_batch_size)[final_index]
         results["test"] = multilabel_metrics(labels[test_split].numpy(), test_scores, names, args.n_bootstrap, args.seed)
+    model.head = trained_grid(final_loop, final_grid).heads[best_name].to(accelerator.device)
     results["seconds"] = round(time.perf_counter() - started, 2)
     if accelerator.is_main_process:
         (output_dir / "results.json").write_text(json.dumps(results, indent=1, default=list))
@@ -470,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
         table = results.get("test", validation_metrics)
         accelerator.print("\n".join(format_table(table)))
     accelerator.end_training()
-    return results
+    return {**results, "history": history}
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ def run_demo(output_dir: Path, quick: bool = False, overwrite: bool = False) -> 
         config = Path(train_glori.__file__).parent / "configs" / "glori_tiny.yaml"
         results = train_glori.main([
             "--config", str(config), "--backbone", str(backbone), "--image_processor", str(backbone),
-            "--output_dir", str(runs / "glori"), "--phantom_num_images", str(num_images), "--epochs",
+            "--output_dir", str(runs / "glori"), "--phantom_num_images", str(num_images), "--num_epochs",
             str(glori_epochs), "--n_bootstrap", str(n_bootstrap), "--label_names", *FINDINGS,
             *(["--learning_rates", *learning_rates] if learning_rates else [])])
         shutil.copytree(runs / "glori" / "model", glori)
