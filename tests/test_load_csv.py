@@ -145,3 +145,13 @@ def test_plain_datasetdict_gets_the_cxrfm_schema(tmp_path):
         ensure_cxr_schema(Dataset.from_dict({"image": pictures, "label": [0, 1, 0]}))
     with pytest.raises(ValueError, match=r"column 'labels' must hold vectors of numbers"):
         ensure_cxr_schema(Dataset.from_dict({"image": pictures, "labels": ["a", "b", "c"]}))
+
+
+def test_saved_plain_datasetdict_through_the_registry(tmp_path):
+    pictures = [PILImage.fromarray(np.full((4, 4), value, np.uint8)) for value in (1, 2)]
+    plain = DatasetDict({"train": Dataset.from_dict({"image": pictures, "labels": [[1.0], [0.0]]}),
+                         "test": Dataset.from_dict({"image": pictures[:1], "labels": [[1.0]]})})
+    plain.save_to_disk(str(tmp_path / "mine"))
+    dd = load_dataset_by_name(str(tmp_path / "mine"), LoaderOptions(splits=["train"]), label_names=["Edema"])
+    assert list(dd) == ["train"] and get_label_names(dd) == ["Edema"] and dd["train"]["positive_labels"] == [[0], []]
+    assert ensure_cxr_schema(dd["train"]) is dd["train"]  # already complete: returned unchanged

@@ -371,6 +371,8 @@ def _ensure_split(dataset: Dataset, label_names: Sequence[str] | None, split: st
     standard = cxr_features(names, with_image=with_image)
     extra = {name: feature for name, feature in features.items() if name not in standard}
     target = cxr_features(names, with_image=with_image, extra=extra)
+    if not missing and features == target:
+        return dataset  # already the cxrfm schema: no rewrite
     source = dataset.cast_column("image", Value("string")) if image_is_path else dataset
     filled = source.map(fill, batched=True, with_indices=True, features=_with_plain_image(target, image_is_path))
     return filled.cast(target) if image_is_path else filled

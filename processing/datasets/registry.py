@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import DatasetDict, IterableDatasetDict
+from datasets import DatasetDict, IterableDatasetDict, load_from_disk
 
+from ._common import ensure_cxr_schema
 from .chexpert import load_chexpert
 from .covidx import load_covidx
 from .custom_csv import load_csv
@@ -165,8 +166,10 @@ def load_dataset_by_name(
     """Load a registered collection by name, or a CSV of your own by its path.
 
     Args:
-        name_or_csv: a key of :data:`LOADERS` (``-``/``_`` and case do not matter) or a path ending
-            in ``.csv`` / ``.csv.gz`` / ``.csv.zip``.
+        name_or_csv: a key of :data:`LOADERS` (``-``/``_`` and case do not matter), a path ending
+            in ``.csv`` / ``.csv.gz`` / ``.csv.zip``, or a ``DatasetDict.save_to_disk`` folder (its
+            missing schema columns are added by :func:`ensure_cxr_schema`; ``label_names`` may be
+            passed as a keyword; of the options only ``splits`` applies).
         options: :class:`LoaderOptions` (default: all defaults).
         kwargs: collection-specific arguments (merged over ``options.kwargs``).
     Raises:
@@ -174,6 +177,8 @@ def load_dataset_by_name(
         the loader does not take, FileNotFoundError for a missing CSV or collection folder.
     """
     options = options if options is not None else LoaderOptions()
+    if isinstance(name_or_csv, (str, os.PathLike)) and (Path(name_or_csv) / "dataset_dict.json").is_file():
+        return _load_saved(Path(name_or_csv), options, kwargs)
     if isinstance(name_or_csv, Path) or _is_csv(name_or_csv):
         return _load_csv_with_options(Path(name_or_csv), options, kwargs)
     if not isinstance(name_or_csv, str):
@@ -193,3 +198,13 @@ def _load_csv_with_options(path: Path, options: LoaderOptions, kwargs: Mapping):
         arguments.setdefault("image_root", options.root)
     as_collection = LoaderOptions(**{**options.__dict__, "root": None, "kwargs": {}})
     return Loader("csv", lambda **named: load_csv(path, **named), signature_of=load_csv)(as_collection, **arguments)
+
+
+def _load_saved(folder: Path, options: LoaderOptions, kwargs: Mapping):
+    arguments = {**options.kwargs, **kwargs}
+    unknown = sorted(set(arguments) - {"label_names"})
+    if unknown:
+        raise TypeError(f"load_dataset_by_name({str(folder)!r}): a saved DatasetDict takes only label_names, "
+                        f"got {unknown}.")
+    data = ensure_cxr_schema(load_from_disk(str(folder)), label_names=arguments.get("label_names"))
+    return _select_splits(data, options.splits, str(folder)) if options.splits is not None else data
