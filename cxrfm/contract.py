@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from .modeling.chexfound import CheXFoundConfig, CheXFoundModel, GLoRIConfig, GLoRIForMultiLabel
+from .modeling.mgca import MGCAConfig, MGCAModel, MGCAProcessor
 from .modeling.relaxed_clip import RelaxedCLIPConfig, RelaxedCLIPModel
 from .processing import CXRCLIPProcessor, CXRImageProcessor
 
@@ -170,6 +171,18 @@ FAMILIES: dict[str, Family] = {
         },
         text_inputs=("no pleural effusion", "edema"),
         output_names=("logits_per_image", "image_embeds", "text_embeds"),
+        processor_auto_class="AutoProcessor",
+    ),
+    # MGCA's image encoder as an image-feature extractor: `MGCAModel(pixel_values)` returns the local tokens and the
+    # projected embedding (`pooler_output`); the processor is image processor + tokenizer with word ids.
+    "mgca": Family(
+        name="mgca",
+        config_class=MGCAConfig,
+        auto_classes={"AutoModel": MGCAModel},
+        make_tiny_model=lambda: _randomized(MGCAModel(MGCAConfig.from_preset("tiny")), seed=4),
+        make_processor=lambda: MGCAProcessor(_image_processor(), tiny_wordpiece_tokenizer(), max_length=16),
+        pipeline_tasks={"image-feature-extraction": {}},
+        output_names=("last_hidden_state", "pooler_output"),
         processor_auto_class="AutoProcessor",
     ),
 }

@@ -32,7 +32,7 @@ class PlainMGCA(nn.Module):
 
     def __init__(self, backbone):
         super().__init__()
-        kwargs = TINY_VIT if backbone == "vit" else TINY_RESNET
+        kwargs = {**TINY_VIT, "img_size": 32} if backbone == "vit" else TINY_RESNET
         self.backbone = backbone
         self.image = timm.create_model("vit_base_patch16_224" if backbone == "vit" else "resnet50", num_classes=0, **kwargs)
         width = self.image.num_features

@@ -180,3 +180,20 @@ def test_processor_round_trip_with_word_ids(tmp_path):
     with pytest.raises(TypeError, match="fast tokenizer"):
         slow = type("Slow", (), {"is_fast": False})()
         MGCAProcessor.__call__(type("P", (), {"tokenizer": slow, "clean_text": False})(), text="x")
+
+
+def test_copied_hub_config_mixin_stays_equal(tmp_path):
+    import inspect
+    import sys
+
+    from cxrfm.modeling.chexfound import configuration_chexfound
+    from cxrfm.modeling.mgca import configuration_mgca
+
+    original, copy = configuration_chexfound.HubConfigMixin, configuration_mgca.HubConfigMixin
+    assert inspect.getsource(copy) == inspect.getsource(original)
+    assert f"# Copied from {original.__module__}.{original.__qualname__}" in inspect.getsource(sys.modules[copy.__module__])
+    with pytest.raises(ValueError, match="another model family"):
+        from cxrfm.modeling.relaxed_clip import RelaxedCLIPConfig
+
+        RelaxedCLIPConfig.from_preset("tiny").save_pretrained(tmp_path)
+        MGCAConfig.from_pretrained(tmp_path)

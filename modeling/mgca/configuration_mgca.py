@@ -34,7 +34,7 @@ TINY_TEXT = {
     "intermediate_size": 64,
     "max_position_embeddings": 128,
 }
-TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32, "patch_size": 8}
+TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}
 # timm's resnet50 with one block per stage and narrow stages: the same module names as ResNet-50, so the
 # conversion, layer-3 tokens and dense-transfer code paths run unchanged on CPU.
 TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]}
@@ -109,7 +109,47 @@ MGCA_PRESETS: dict[str, dict] = {
 }
 
 
-class MGCAConfig(PreTrainedConfig):
+# Copied from cxrfm.modeling.chexfound.configuration_chexfound.HubConfigMixin (a model folder imports only its own
+# files; tests/test_family_contract.py checks the copies stay equal)
+class HubConfigMixin:
+    """The Hub contract of a cxrfm config (mixed in before `PreTrainedConfig`).
+
+    - `hub_pipelines` (task -> a transformers `custom_pipelines` entry) goes into every saved `config.json`, so
+      `pipeline(task, model=folder, trust_remote_code=True)` finds the pipeline file the model module copies beside
+      the weights (`custom_object_save` follows the model module's relative imports).
+    - Installed cxrfm registers those tasks itself, so on that route a loaded config drops `custom_pipelines`:
+      transformers asks for `trust_remote_code=True` for every task a config lists there.
+    - A folder of another model family is refused, naming both, instead of building a random model from it.
+    """
+
+    hub_pipelines: dict = {}
+
+    def __init__(self, **kwargs):
+        if __name__.split(".")[0] == "cxrfm":
+            kwargs.pop("custom_pipelines", None)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # Checked here, before transformers would pick a matching sub-config out of another family's folder (a
+        # GLoRI folder holds a CheXFound backbone_config) and load weights whose keys do not match: a random model.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        found = config_dict.get("model_type")
+        if found is not None and found != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: holds a '{found}' model, another model family; {cls.__name__} loads "
+                f"'{cls.model_type}' folders. Load it with AutoModel or with the '{found}' family's class."
+            )
+        return config_dict, kwargs
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if self.hub_pipelines:
+            output["custom_pipelines"] = {task: dict(entry) for task, entry in self.hub_pipelines.items()}
+        return output
+
+
+class MGCAConfig(HubConfigMixin, PreTrainedConfig):
     r"""Configuration of [`MGCAModel`]. Defaults are the paper's ViT-B/16 + 6-layer Bio_ClinicalBERT model read as
     printed (Sec. 3-4.1); "official" marks what github.com/HKU-MedAI/MGCA runs instead.
 
@@ -318,4 +358,4 @@ MGCAConfig.register_for_auto_class()
 if __name__.split(".")[0] == "cxrfm":
     AutoConfig.register(MGCAConfig.model_type, MGCAConfig, exist_ok=True)
 
-__all__ = ["MGCA_PRESETS", "MGCAConfig"]
+__all__ = ["MGCA_PRESETS", "HubConfigMixin", "MGCAConfig"]

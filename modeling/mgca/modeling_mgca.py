@@ -203,7 +203,7 @@ def build_vision_model(config: MGCAConfig) -> nn.Module:
     """The timm image encoder without a classifier (`num_classes=0`), randomly initialised."""
     kwargs = dict(config.vision_kwargs)
     if config.is_vit:
-        kwargs.setdefault("img_size", config.image_size)
+        kwargs["img_size"] = config.image_size  # one source of truth for the input side
     return timm.create_model(config.vision_backbone, pretrained=False, num_classes=0, **kwargs)
 
 
