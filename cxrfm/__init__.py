@@ -19,6 +19,7 @@ from .modeling import (  # noqa: E402
     RelaxedCLIPConfig,
     RelaxedCLIPModel,
 )
+from .modeling.mgca import MGCAConfig, MGCAForImageClassification, MGCAModel, MGCAProcessor  # noqa: E402
 from .processing import CXRCLIPProcessor, CXRImageProcessor  # noqa: E402
 from . import pipelines  # noqa: E402,F401  (the three task classes, each registered by its own module)
 
@@ -29,6 +30,10 @@ __all__ = [
     "CheXFoundModel",
     "GLoRIConfig",
     "GLoRIForMultiLabel",
+    "MGCAConfig",
+    "MGCAForImageClassification",
+    "MGCAModel",
+    "MGCAProcessor",
     "RelaxedCLIPConfig",
     "RelaxedCLIPModel",
     "__version__",
