@@ -49,7 +49,7 @@ class StudentTMixture:
     def log_density(self, data: torch.Tensor) -> torch.Tensor:
         """(G, N, K) log T(z_i | mu_k, Sigma_k, nu) (Eq. 2; Gaussian where nu is inf); (N, K) for (N, D) data and
         G = 1."""
-        batched, squeeze = _batched(data)
+        batched, squeeze = _batched(data.to(self.means.dtype))
         logdet, delta = _logdet_and_mahalanobis(batched, self.means, self.covariances, self.covariance_type)
         out = student_t_log_density(delta, logdet, self.nu, batched.shape[-1])
         return out[0] if squeeze and len(out) == 1 else out
@@ -120,7 +120,7 @@ def fit_student_t_mixture(
     if not 1 <= n_components <= n_samples:
         raise ValueError(f"n_components must be in [1, N={n_samples}], got {n_components}.")
     seeds = kmeans_plusplus(data, n_components, generator)
-    hard = torch.cdist(data, seeds).argmin(dim=-1)
+    hard = (seeds.square().sum(-1)[:, None, :] - 2 * data @ seeds.transpose(1, 2)).argmin(dim=-1)  # nearest seed
     resp = torch.nn.functional.one_hot(hard, n_components).to(data.dtype)
     ones = torch.ones_like(resp)
     weights, means, covariances = _m_step(data, resp, ones, covariance_type, covariance_floor)
@@ -132,24 +132,35 @@ def fit_student_t_mixture(
     return _em(data, mixture, estimate_nu, covariance_floor, max_iter, tol)
 
 
-def kmeans_plusplus(data: torch.Tensor, n_clusters: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ seeds (Arthur & Vassilvitskii 2007): first uniform, then each drawn with probability proportional
-    to the squared distance to the nearest seed so far. ``data`` (G, N, D) -> (G, K, D)."""
+def kmeans_plusplus(data: torch.Tensor, n_clusters: int, generator: torch.Generator | None = None,
+                    local_trials: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeds (Arthur & Vassilvitskii 2007; greedy as in scikit-learn): the first seed uniform,
+    then ``local_trials`` (default 2 + log K) candidates drawn with probability proportional to the squared distance
+    to the nearest seed so far, keeping the one that lowers the total squared distance most. (G, N, D) -> (G, K, D)."""
     groups, n_samples, _ = data.shape
+    trials = local_trials or 2 + int(math.log(n_clusters))
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    draws = torch.rand((n_clusters, groups), generator=generator, device=gen_device, dtype=torch.float64).to(data.device)
+    draws = torch.rand((n_clusters, groups, trials), generator=generator, device=gen_device, dtype=torch.float64)
+    draws = draws.to(data.device)
     rows = torch.arange(groups, device=data.device)
-    index = (draws[0] * n_samples).long().clamp(max=n_samples - 1)
+    norms = data.square().sum(-1)  # (G, N)
+
+    def squared_distances(points):  # (G, L, D) -> (G, L, N)
+        return (norms[:, None, :] - 2 * points @ data.transpose(1, 2) + points.square().sum(-1)[..., None]).clamp(min=0)
+
+    index = (draws[0, :, 0] * n_samples).long().clamp(max=n_samples - 1)
     seeds = [data[rows, index]]
-    nearest = (data - seeds[0][:, None]).square().sum(-1)
+    nearest = squared_distances(seeds[0][:, None])[:, 0]
     for k in range(1, n_clusters):
         cumulative = nearest.double().cumsum(-1)
-        # all points on seeds already (duplicates): fall back to uniform by adding a tiny mass everywhere
+        # all points on seeds already (duplicates): a tiny mass everywhere falls back to uniform draws
         cumulative = cumulative + torch.arange(1, n_samples + 1, device=data.device) * 1e-300
-        target = (draws[k] * cumulative[:, -1])[:, None]
-        index = torch.searchsorted(cumulative, target).squeeze(-1).clamp(max=n_samples - 1)
-        seeds.append(data[rows, index])
-        nearest = torch.minimum(nearest, (data - seeds[-1][:, None]).square().sum(-1))
+        candidates = torch.searchsorted(cumulative, draws[k] * cumulative[:, -1:]).clamp(max=n_samples - 1)  # (G, L)
+        points = data[rows[:, None], candidates]  # (G, L, D)
+        updated = torch.minimum(nearest[:, None, :], squared_distances(points))  # (G, L, N)
+        best = updated.sum(-1).argmin(-1)  # (G,)
+        seeds.append(points[rows, best])
+        nearest = updated[rows, best]
     return torch.stack(seeds, dim=1)
 
 
@@ -161,12 +172,12 @@ def _batched(data: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return data, False
 
 
-def _logdet_and_mahalanobis(data, means, covariances, covariance_type):
-    """log|Sigma_k| (G, K) and delta_ik (G, N, K)."""
+def _logdet_and_mahalanobis(data, means, covariances, covariance_type, squared=None):
+    """log|Sigma_k| (G, K) and delta_ik (G, N, K); ``squared`` = data ** 2 when the caller has it already."""
     if covariance_type == "diag":
         precision = covariances.reciprocal()  # (G, K, D)
         delta = (
-            data.square() @ precision.transpose(1, 2)
+            (data.square() if squared is None else squared) @ precision.transpose(1, 2)
             - 2 * data @ (means * precision).transpose(1, 2)
             + (means.square() * precision).sum(-1)[:, None, :]
         ).clamp(min=0)  # the expanded square can dip below 0 by rounding
@@ -178,15 +189,17 @@ def _logdet_and_mahalanobis(data, means, covariances, covariance_type):
     return logdet, solved.square().sum(-2).transpose(1, 2)
 
 
-def _m_step(data, resp, precision_weights, covariance_type, floor):
+def _m_step(data, resp, precision_weights, covariance_type, floor, squared=None):
     """CM-step 1: weights, means, floored covariances from responsibilities tau (G, N, K) and u (G, N, K)."""
     eps = 10 * torch.finfo(data.dtype).eps  # an empty component must not divide by zero
     counts = resp.sum(1) + eps  # n_k (G, K)
     weighted = resp * precision_weights  # tau_ik u_ik
-    means = weighted.transpose(1, 2) @ data / (weighted.sum(1) + eps)[..., None]
+    first = weighted.transpose(1, 2) @ data  # (G, K, D)
+    mass = weighted.sum(1)[..., None]  # (G, K, 1)
+    means = first / (mass + eps)
     if covariance_type == "diag":
-        second = weighted.transpose(1, 2) @ data.square()
-        variances = (second - 2 * means * (weighted.transpose(1, 2) @ data) + weighted.sum(1)[..., None] * means.square())
+        second = weighted.transpose(1, 2) @ (data.square() if squared is None else squared)
+        variances = second - 2 * means * first + mass * means.square()
         return counts / data.shape[1], means, (variances / counts[..., None]).clamp(min=floor)
     centred = data[:, None] - means[:, :, None]  # (G, K, N, D)
     scatter = (centred * weighted.transpose(1, 2)[..., None]).transpose(-1, -2) @ centred / counts[..., None, None]
@@ -212,21 +225,26 @@ def _update_nu(nu_old, resp, precision_weights, dim):
 
 def _em(data, mixture, estimate_nu, floor, max_iter, tol) -> StudentTMixture:
     dim = data.shape[-1]
+    squared = data.square() if mixture.covariance_type == "diag" else None  # reused by every E- and M-step
     history, converged = [], False
     weights, means, covariances, nu = mixture.weights, mixture.means, mixture.covariances, mixture.nu
     for _ in range(max_iter + 1):
-        logdet, delta = _logdet_and_mahalanobis(data, means, covariances, mixture.covariance_type)
+        logdet, delta = _logdet_and_mahalanobis(data, means, covariances, mixture.covariance_type, squared)
         joint = weights.log()[:, None, :] + student_t_log_density(delta, logdet, nu, dim)
-        history.append(joint.logsumexp(-1).mean(-1))
+        # log-sum-exp and softmax from one exp (torch's logsumexp + softmax cost twice as much here)
+        peak = joint.amax(-1, keepdim=True)
+        unnormalised = (joint - peak).exp()
+        total = unnormalised.sum(-1, keepdim=True)
+        history.append((peak + total.log()).squeeze(-1).mean(-1))
         if len(history) > 1 and bool(((history[-1] - history[-2]).abs() < tol).all()):
             converged = True
             break
         if len(history) == max_iter + 1:
             break
-        resp = joint.softmax(-1)
+        resp = unnormalised / total
         finite = torch.isfinite(nu)[:, None, None]
         precision_weights = torch.where(finite, (nu.clamp(max=1e30)[:, None, None] + dim) / (nu.clamp(max=1e30)[:, None, None] + delta), torch.ones_like(delta))
-        weights, means, covariances = _m_step(data, resp, precision_weights, mixture.covariance_type, floor)
+        weights, means, covariances = _m_step(data, resp, precision_weights, mixture.covariance_type, floor, squared)
         if estimate_nu:
             nu = _update_nu(nu, resp, precision_weights, dim)
     return StudentTMixture(weights, means, covariances, nu, mixture.covariance_type, torch.stack(history), converged)
