@@ -72,9 +72,12 @@ def load_models(glori: str | Path, clip: str | Path | None = None) -> AppModels:
     if clip is not None:
         clip = Path(clip)
         _require_folder(clip, "--clip")
+        clip_config = AutoConfig.from_pretrained(clip)
+        if not (hasattr(clip_config, "vision_config") and hasattr(clip_config, "text_config")):
+            raise ValueError(
+                f"--clip {clip}: model_type {clip_config.model_type!r} is not an image-text model (e.g. RelaxedCLIPModel)."
+            )
         model = AutoModel.from_pretrained(clip).eval()
-        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ValueError(f"--clip {clip}: {type(model).__name__} is not an image-text model (e.g. RelaxedCLIPModel).")
         processor = AutoProcessor.from_pretrained(clip)
         if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
             raise ValueError(f"--clip {clip}: no processor with an image processor and a tokenizer (CXRCLIPProcessor).")

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from cxrfm.app import analyse, build_app, load_models, parse_findings
+from cxrfm.cli import main
 from cxrfm.evaluation.zero_shot import zero_shot_probabilities
 from cxrfm.modeling import CheXFoundConfig, GLoRIConfig, GLoRIForMultiLabel, RelaxedCLIPConfig, RelaxedCLIPModel
 from cxrfm.processing import CXRImageProcessor
@@ -96,11 +97,15 @@ def test_analyse_scores_and_bad_file(models, uploads):
     assert parse_findings("Edema,\n Edema , ,Mass\n") == ["Edema", "Mass"]
 
 
-def test_load_models_names_the_wrong_folder(folders, tmp_path):
-    with pytest.raises(FileNotFoundError, match="--glori .*no config.json"):
-        load_models(tmp_path)
+def test_wrong_folders_are_named_errors(folders, tmp_path, capsys):
     with pytest.raises(ValueError, match="is not a GLoRI multi-label classifier"):
         load_models(folders[1])
+    with pytest.raises(ValueError, match="--clip .*is not an image-text model"):
+        load_models(folders[0], folders[0])
+    capsys.readouterr()  # drop the progress bars of the loads above
+    # Through the CLI: one line on stderr, exit code 2, before any server starts.
+    assert main(["app", "--glori", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"cxrfm app: error: --glori {tmp_path}: not a saved model folder (no config.json).\n"
 
 
 def _free_port() -> int:
