@@ -30,6 +30,7 @@ class CXRClassificationPipeline(Pipeline):
     _load_image_processor = True
     _load_processor = False
     _load_feature_extractor = False
+    _load_video_processor = False  # None would make transformers look for one, and prompt about remote code
     _load_tokenizer = False
 
     def _sanitize_parameters(self, top_k: int | None = None, return_attention_maps: bool | None = None):

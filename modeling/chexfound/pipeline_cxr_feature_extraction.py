@@ -28,6 +28,7 @@ class CXRFeatureExtractionPipeline(Pipeline):
     _load_image_processor = True
     _load_processor = False
     _load_feature_extractor = False
+    _load_video_processor = False  # None would make transformers look for one, and prompt about remote code
     _load_tokenizer = False
 
     def _sanitize_parameters(self, pool: bool | None = None, return_tensors: bool | None = None, **kwargs):

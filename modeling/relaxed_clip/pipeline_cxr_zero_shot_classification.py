@@ -83,6 +83,7 @@ class CXRZeroShotClassificationPipeline(Pipeline):
     _load_processor = False
     _load_image_processor = True
     _load_feature_extractor = False
+    _load_video_processor = False  # None would make transformers look for one, and prompt about remote code
     _load_tokenizer = True
 
     def _sanitize_parameters(self, findings=None, templates=None, fix_negated_labels=None, **kwargs):
