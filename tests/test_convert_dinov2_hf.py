@@ -8,6 +8,7 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 
 from cxrfm.cli import main as cli_main
+from cxrfm.contract import check_folder
 from cxrfm.modeling.chexfound import CheXFoundModel
 from cxrfm.modeling.chexfound.convert_dinov2_hf import convert_dinov2_state_dict
 from cxrfm.training.pretrain_chexfound import PretrainArguments, build_student, main
@@ -47,6 +48,7 @@ def test_cli_conversion_gives_identical_outputs(dinov2_folder, tmp_path):
         torch.testing.assert_close(ours.last_hidden_state, theirs.last_hidden_state, rtol=0, atol=1e-6)
         torch.testing.assert_close(ours.pooler_output, theirs.pooler_output, rtol=0, atol=1e-6)
     assert json.loads((out / "preprocessor_config.json").read_text())["image_mean"] == [0.53] * 3
+    assert check_folder(out) == []
     assert cli_main(["convert", "dinov2-hf", str(tmp_path / "missing"), str(tmp_path / "x")]) != 0
 
 

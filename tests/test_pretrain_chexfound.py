@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cxrfm.contract import check_folder
 from cxrfm.modeling.chexfound import CheXFoundModel
-from cxrfm.training.losses.dino_ibot_objective import build_param_groups
+from cxrfm.training.losses.dino_ibot_objective import SSLSchedules, build_param_groups
 from cxrfm.training.pretrain_chexfound import PretrainArguments, build_student, main, scaled_lr
 from cxrfm.training.recipe import parse_args
 
@@ -45,7 +46,7 @@ def test_export_is_a_model_folder_with_heads_and_next_stage_starts_from_it(tmp_p
     heads = load_file(str(export / "ssl_heads.safetensors"))
     assert heads["dino_head.last_layer.weight_v"].shape == (256, 32)
     assert heads["ibot_head.mlp.0.weight"].shape == (64, 32)
-    assert (export / "preprocessor_config.json").is_file()
+    assert check_folder(export) == []  # the family contract: loads and runs where cxrfm is not installed
 
     # next resolution stage (48 px): official re-initialised pos-embed, or interpolated by option
     for mode in ("reinit", "interpolate"):
@@ -82,6 +83,10 @@ def test_param_groups_and_lr_scaling():
     # official 512 stage: 8 GPUs x 10 -> 2e-4 * sqrt(80 / 1024)
     paper = parse_args(PretrainArguments, ["--output_dir", "x", "--batch_size", "80"])
     assert scaled_lr(paper) == pytest.approx(5.59e-5, rel=1e-3)
+    # last-layer lr: 0 for freeze_last_layer_epochs, then the lr schedule (joining it mid-warm-up)
+    schedules = SSLSchedules.build(4, 3, 1.0, 0.0, 2, 0.04, 0.2, 0.994, 1.0, 0.07, 0.04, 1, 1)
+    assert [schedules.last_layer_lr[i] for i in range(6)] == [0, 0, 0, 0] + [schedules.lr[4], schedules.lr[5]]
+    assert 0 < schedules.lr[4] < 1.0 and schedules.lr[7] == 1.0  # still warming up at epoch 1, peak at its end
     with pytest.raises(ValueError, match="clip_grad"):
         PretrainArguments(output_dir="x", max_grad_norm=1.0)
     with pytest.raises(ValueError, match="pos_embed_init"):

@@ -52,6 +52,7 @@ class PretrainArguments(TrainingArguments):
     weight_decay: float = 0.04
     model_preset: str = "chexfound-vit-large-patch16-512"
     patch_size: int | None = field(default=None, metadata={"help": "override the preset's patch size (tiny CPU runs)"})
+    layerscale_value: float | None = field(default=None, metadata={"help": "override the preset's LayerScale init (tiny CPU runs)"})
     init_from: str | None = field(default=None, metadata={"help": "previous stage's teacher export, a converted official checkpoint or a Dinov2Model folder"})
     pos_embed_init: str = field(default="reinit", metadata={"help": "new resolution: reinit (official) | interpolate"})
     drop_path_rate: float = 0.4
@@ -185,7 +186,7 @@ def load_source_backbone(folder: Path) -> CheXFoundModel:
 def build_student(args: PretrainArguments) -> SSLNetwork:
     """Student network at `global_crops_size`, from scratch or from `init_from` (backbone + heads it has)."""
     if args.init_from is None:
-        overrides = {"patch_size": args.patch_size} if args.patch_size else {}
+        overrides = {name: getattr(args, name) for name in ("patch_size", "layerscale_value") if getattr(args, name)}
         config = CheXFoundConfig.from_preset(args.model_preset, image_size=args.global_crops_size,
                                              drop_path_rate=args.drop_path_rate, **overrides)
         backbone = CheXFoundModel(config)
