@@ -24,12 +24,21 @@ def _session(path):
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def _save_backbone(folder, **overrides):
+    torch.manual_seed(0)
+    CheXFoundModel(CheXFoundConfig.from_preset("tiny", **overrides)).eval().save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def backbone_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("chexfound")
-    CheXFoundModel(CheXFoundConfig.from_preset("tiny")).eval().save_pretrained(folder)
-    return folder
+    return _save_backbone(tmp_path_factory.mktemp("chexfound"))
+
+
+@pytest.fixture(scope="module")
+def one_block_folder(tmp_path_factory):
+    """One block: export time grows with the graph, and the pooled output needs no more to be checked."""
+    return _save_backbone(tmp_path_factory.mktemp("chexfound_1"), num_hidden_layers=1)
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +77,15 @@ def test_bicubic_matrix_rows_sum_to_one_and_hand_value():
     torch.testing.assert_close(matrix[0], torch.tensor(expected, dtype=torch.float32))
 
 
-def test_backbone_pooled_through_the_cli(backbone_folder, tmp_path, capsys):
+@pytest.mark.slow  # each export is one torch.export + ONNX translation (10-20 s on 2 busy cores)
+def test_backbone_pooled_through_the_cli(one_block_folder, tmp_path, capsys):
     path = tmp_path / "pooled.onnx"
-    assert main(["export", "onnx", str(backbone_folder), str(path)]) == 0
+    assert main(["export", "onnx", str(one_block_folder), str(path)]) == 0
     assert capsys.readouterr().out.strip() == str(path)
     metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
     assert metadata["cxrfm_outputs"] == "pooler_output" and metadata["dynamic_image_size"] == "true"
 
-    model = CheXFoundModel.from_pretrained(backbone_folder).eval()
+    model = CheXFoundModel.from_pretrained(one_block_folder).eval()
     session = _session(path)
     for seed, (batch, side) in enumerate(SHAPES):
         pixel_values = _inputs(batch, side, seed)
@@ -86,10 +96,11 @@ def test_backbone_pooled_through_the_cli(backbone_folder, tmp_path, capsys):
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
     # An existing file is refused with a one-line message (exit 2), not overwritten.
-    assert main(["export", "onnx", str(backbone_folder), str(path)]) == 2
+    assert main(["export", "onnx", str(one_block_folder), str(path)]) == 2
     assert "exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_backbone_last_blocks(backbone_folder, tmp_path):
     result = export_onnx(backbone_folder, tmp_path / "last.onnx", outputs="last4", n_last_blocks=2)
     assert result["outputs"] == ["patch_tokens", "cls_tokens"]
@@ -107,6 +118,7 @@ def test_backbone_last_blocks(backbone_folder, tmp_path):
         np.testing.assert_allclose(cls, expected_cls, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_glori_logits_and_attention(glori_folder, tmp_path):
     result = export_onnx(glori_folder, tmp_path / "glori.onnx")
     assert result["outputs"] == ["logits", "attention_maps"]
