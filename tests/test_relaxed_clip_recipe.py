@@ -12,6 +12,7 @@ from transformers import AutoProcessor
 from cxrfm.modeling.relaxed_clip import RelaxedCLIPModel, clip_loss
 from cxrfm.training.recipe import BatchGenerators
 from cxrfm.training.finetune_clip import (
+    ContrastiveObjective,
     FinetuneCLIPArguments,
     ImageReportCollator,
     build_model_and_tokenizer,
@@ -125,31 +126,82 @@ def reference_clip_loss(image_embeds, text_embeds, temperature, threshold, alpha
     return (cross_entropy(logits) + cross_entropy(logits.T)) / 2
 
 
-def test_non_default_threshold_and_alpha_reach_the_loss_from_the_yaml(tmp_path):
-    """Test gap (issue 8, item 7): t = 0.3 and alpha = 4 set in a YAML file must reach the model's config, the
-    model's own loss and the recipe's objective, and the loss must be Eq. (3) at THOSE values."""
-    config = tmp_path / "relax.yaml"
-    text = (CONFIGS / "finetune_clip_tiny.yaml").read_text()
-    assert "relax_threshold: 0.5\n" in text and "relax_alpha: 10.0\n" in text
-    config.write_text(text.replace("relax_threshold: 0.5\n", "relax_threshold: 0.3\n")
-                      .replace("relax_alpha: 10.0\n", "relax_alpha: 4.0\n"))
-    args = parse_args(["--config", str(config), "--output_dir", str(tmp_path / "out")])
-    assert (args.relax_threshold, args.relax_alpha) == (0.3, 4.0)
-    model, tokenizer = build_model_and_tokenizer(args)
-    assert (model.config.relax_threshold, model.config.relax_alpha, model.config.relax_positives) == (0.3, 4.0, True)
-    model.eval()
+def _tiny_batch(args, tokenizer):
     image_processor = CXRImageProcessor(size=32, crop_size=32, image_mean=args.image_mean, image_std=args.image_std)
     processor = CXRCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     rng = np.random.default_rng(0)
     rows = [{"image": rng.integers(0, 256, (40, 40), dtype=np.uint8), "report": REPORT} for _ in range(6)]
-    batch = ImageReportCollator(processor, args, BatchGenerators(numpy=np.random.default_rng(0),
-                                                                 torch=torch.Generator().manual_seed(0)))(rows)
+    generators = BatchGenerators(numpy=np.random.default_rng(0), torch=torch.Generator().manual_seed(0))
+    return ImageReportCollator(processor, args, generators)(rows)
+
+
+def test_non_default_threshold_and_alpha_reach_the_loss_from_the_yaml(tmp_path):
+    """Test gap (issue 8, item 7): a non-default t and alpha set in a YAML file must reach the model's config, the
+    model's own loss and the recipe's loss, and the loss must be Eq. (3) at THOSE values. t is placed between the
+    positive pairs' cosines of this (seeded, random) model, so that both the sigmoid piece (alpha) and the linear
+    piece (t) of Eq. (3) are in play; the guards below fail if the data stop exercising either."""
+    text = (CONFIGS / "finetune_clip_tiny.yaml").read_text()
+    assert "relax_threshold: 0.5\n" in text and "relax_alpha: 10.0\n" in text
+    probe_args = parse_args(["--config", str(CONFIGS / "finetune_clip_tiny.yaml")])
+    torch.manual_seed(0)
+    probe, tokenizer = build_model_and_tokenizer(probe_args)
+    with torch.no_grad():
+        out = probe.eval()(**_tiny_batch(probe_args, tokenizer))
+    positives = (out.image_embeds @ out.text_embeds.T).diag()
+    assert positives.max() > 0, positives
+    threshold, alpha = round(float(positives.max()) / 2, 4), 4.0
+    config = tmp_path / "relax.yaml"
+    config.write_text(text.replace("relax_threshold: 0.5\n", f"relax_threshold: {threshold}\n")
+                      .replace("relax_alpha: 10.0\n", f"relax_alpha: {alpha}\n"))
+    args = parse_args(["--config", str(config), "--output_dir", str(tmp_path / "out")])
+    assert (args.relax_threshold, args.relax_alpha) == (threshold, alpha) != (probe_args.relax_threshold, probe_args.relax_alpha)
+    torch.manual_seed(0)  # the same weights as the probe: t and alpha change the loss only
+    model, tokenizer = build_model_and_tokenizer(args)
+    assert (model.config.relax_threshold, model.config.relax_alpha, model.config.relax_positives) == (threshold, alpha, True)
+    model.eval()
+    batch = _tiny_batch(args, tokenizer)
     with torch.no_grad():
         out = model(**batch, return_loss=True)
         temperature = model.temperature()
-        expected = reference_clip_loss(out.image_embeds, out.text_embeds, temperature, 0.3, 4.0)
-        default = reference_clip_loss(out.image_embeds, out.text_embeds, temperature, 0.5, 10.0)
-        assert abs(expected - default) > 1e-2, (expected, default)  # the check below can tell the settings apart
-        assert out.loss.item() == pytest.approx(expected, rel=1e-5)  # the model reads its config, not fixed values
+        expected = reference_clip_loss(out.image_embeds, out.text_embeds, temperature, threshold, alpha)
+        for other in ((0.5, alpha), (threshold, 10.0), (0.5, 10.0)):  # the data tell t and alpha apart
+            assert abs(expected - reference_clip_loss(out.image_embeds, out.text_embeds, temperature, *other)) > 2e-4
+        assert out.loss.item() == pytest.approx(expected, rel=2e-6)  # the model reads its config, not fixed values
         recipe_terms = compute_losses(model, batch, args, temperature, rank=0)
-        assert recipe_terms["clip_loss"].item() == pytest.approx(expected, rel=1e-5)
+        assert recipe_terms["clip_loss"].item() == pytest.approx(expected, rel=2e-6)
+
+
+def test_interrupted_finetuning_resumes_to_the_same_losses(tmp_path, monkeypatch):
+    """Killed at step 9 of 12 (checkpoints every 2 steps), rerun with the same output_dir: steps 9-12 repeat the
+    uninterrupted run's losses exactly (sentence sampling, augmentations, dropout, shuffling all restored), and so do
+    the epoch-1 validation AUROC and the kept checkpoint. Non-default t / alpha reach the saved model."""
+    def argv(output):
+        return ["--config", str(CONFIGS / "finetune_clip_tiny.yaml"), "--output_dir", str(tmp_path / output),
+                "--phantom_num_images", "60", "--batch_size", "8", "--num_epochs", "2", "--warmup_steps", "2",
+                "--checkpointing_steps", "2", "--keep_best_checkpoints", "1", "--relax_threshold", "0.3",
+                "--relax_alpha", "4", "--validation_labels", "Support Devices", "Pleural Effusion"]
+
+    full = train(parse_args(argv("full")))
+    assert [r["step"] for r in full["history"]] == list(range(1, 13))  # 48 training rows / 8 = 6 steps per epoch
+
+    def crash(self, loop, step):
+        if step == 9:
+            raise KeyboardInterrupt("simulated kill")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ContrastiveObjective, "on_step_end", crash)
+        with pytest.raises(KeyboardInterrupt):
+            train(parse_args(argv("cut")))
+    checkpoints = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint_2", "checkpoint_3"]  # steps 6 and 8 (total limit 2)
+    resumed = train(parse_args(argv("cut")))
+    assert resumed["resumed_from"].endswith("checkpoint_3")
+    expected = {r["step"]: r for r in full["history"]}
+    assert [r["step"] for r in resumed["history"]] == [9, 10, 11, 12]
+    for record in resumed["history"]:
+        assert record == expected[record["step"]]
+    assert resumed["validation_auroc"] == full["validation_auroc"][1:]
+    assert [Path(p).name for p, _ in resumed["checkpoints"]] == [Path(p).name for p, _ in full["checkpoints"]]
+    assert resumed["ensemble_auroc"] == full["ensemble_auroc"]
+    saved = RelaxedCLIPModel.from_pretrained(resumed["checkpoints"][0][0]).config
+    assert (saved.relax_threshold, saved.relax_alpha) == (0.3, 4.0)
