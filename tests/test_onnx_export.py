@@ -83,7 +83,7 @@ def test_backbone_pooled_through_the_cli(one_block_folder, tmp_path, capsys):
     assert main(["export", "onnx", str(one_block_folder), str(path)]) == 0
     assert capsys.readouterr().out.strip() == str(path)
     metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
-    assert metadata["cxrfm_outputs"] == "pooler_output" and metadata["dynamic_image_size"] == "true"
+    assert metadata == {"cxrfm_outputs": "pooler_output", "image_size": "32", "patch_size": "16"}
 
     model = CheXFoundModel.from_pretrained(one_block_folder).eval()
     session = _session(path)
@@ -145,3 +145,6 @@ def test_bad_requests_are_named_errors(backbone_folder, tmp_path):
         export_onnx(tmp_path, tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="must end in .onnx"):
         export_onnx(backbone_folder, tmp_path / "x.bin")
+    antialiased = _save_backbone(tmp_path / "antialiased", interpolate_antialias=True)
+    with pytest.raises(ValueError, match="interpolate_antialias=True is not supported"):
+        export_onnx(antialiased, tmp_path / "x.onnx")

@@ -1,6 +1,6 @@
 """`cxrfm export onnx FOLDER OUT.onnx [--outputs pooled|last4|logits]`: a CheXFound or GLoRI folder -> one ONNX file.
 
-The batch size is dynamic, and so is the image size (any multiple of the patch size) unless `--static-image-size`.
+The batch size is dynamic, and so is the image size (any multiple of the patch size).
 The exported file is run with onnxruntime on an example input and checked against torch before the command reports
 success; the file path goes to stdout.
 """
@@ -34,12 +34,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="what the graph returns (default: pooled for a backbone folder, logits for a GLoRI folder)",
     )
     onnx.add_argument("--n-last-blocks", type=int, default=4, help="blocks concatenated by --outputs last4 (backbone)")
-    onnx.add_argument(
-        "--static-image-size", action="store_true",
-        help="fix H and W to --example-size instead of any multiple of the patch size",
-    )
-    onnx.add_argument("--example-size", type=int, default=None, help="example input side (default: the model's)")
-    onnx.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     onnx.add_argument("--atol", type=float, default=1e-4, help="tolerance of the onnxruntime-vs-torch check")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     return parser
@@ -49,9 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from cxrfm.export_onnx import export_onnx
 
     result = export_onnx(
-        args.folder, args.output, outputs=args.outputs, n_last_blocks=args.n_last_blocks,
-        dynamic_image_size=not args.static_image_size, example_size=args.example_size,
-        opset_version=args.opset, atol=args.atol, overwrite=args.overwrite,
+        args.folder, args.output, outputs=args.outputs, n_last_blocks=args.n_last_blocks, atol=args.atol,
+        overwrite=args.overwrite,
     )
     print(result["path"])  # stdout: the file, so the command composes in a pipeline
     return 0
