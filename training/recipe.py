@@ -29,13 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator, skip_first_batches
-from accelerate.utils import (
-    DataLoaderConfiguration,
-    InitProcessGroupKwargs,
-    ProjectConfiguration,
-    gather_object,
-)
+from accelerate import Accelerator, PartialState, skip_first_batches
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, gather_object
 from transformers import HfArgumentParser
 
 logger = logging.getLogger(__name__)
@@ -119,24 +114,24 @@ def parse_args(arguments_class: type, argv: list[str] | None = None):
 
 
 def build_accelerator(args: TrainingArguments, project_dir: str | None = None, **kwargs) -> Accelerator:
-    """The recipe's Accelerator: checkpoints `<project_dir or output_dir>/checkpoints/checkpoint_<i>` (automatic
-    naming, at most `checkpoints_total_limit`; a recipe with several training stages gives each its project_dir), shuffling seeded by (seed, epoch) so a resumed epoch replays its order, and the
-    gloo backend without CUDA (accelerate otherwise leaves DeepSpeed on CPU without a backend: environment.md §2)."""
+    """The recipe's Accelerator: checkpoints in `<project_dir or output_dir>/checkpoints/checkpoint_<i>` (automatic
+    naming, the newest `checkpoints_total_limit` kept; a recipe with several stages gives each its project_dir),
+    shuffling seeded by (seed, epoch) so a resumed epoch replays its order, and the gloo backend for a multi-process
+    launch without CUDA (accelerate leaves DeepSpeed on CPU without one: environment.md §2)."""
     handlers = list(kwargs.pop("kwargs_handlers", []))
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a multi-process launch
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if not torch.cuda.is_available() and world_size > 1:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    project = ProjectConfiguration(
-        project_dir=project_dir or args.output_dir, automatic_checkpoint_naming=True, total_limit=args.checkpoints_total_limit
-    )
+    project = ProjectConfiguration(project_dir=project_dir or args.output_dir, automatic_checkpoint_naming=True,
+                                   total_limit=args.checkpoints_total_limit)
     # Schedules count optimizer steps of the GLOBAL batch: the loop steps the scheduler once per optimizer step
     # (accelerate would otherwise step it once per process, as if each process's batch were a step).
     accelerator = Accelerator(
         project_config=project, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        step_scheduler_with_optimizer=False,
-        mixed_precision=args.mixed_precision, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=handlers, **kwargs,
+        step_scheduler_with_optimizer=False, mixed_precision=args.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), kwargs_handlers=handlers, **kwargs,
     )
-    check_synchronised(str(accelerator.distributed_type), int(os.environ.get("WORLD_SIZE", "1")))
+    check_synchronised(str(accelerator.distributed_type), world_size)
     return accelerator
 
 
@@ -220,8 +215,6 @@ class BatchGenerators:
         return {"per_process": gather_object([own])}
 
     def load_state_dict(self, state: dict) -> None:
-        from accelerate import PartialState
-
         process = PartialState()
         if len(state["per_process"]) != process.num_processes:
             raise ValueError(f"checkpoint has generator states of {len(state['per_process'])} processes, "
@@ -308,9 +301,6 @@ class TrainingLoop:
         logger.info("Resumed from %s at step %d (epoch %d)", folders[-1], self.progress.step, self.progress.epoch)
         return str(folders[-1])
 
-    def _save(self) -> None:
-        self.accelerator.save_state()
-
     def run(self) -> dict:
         accelerator, args = self.accelerator, self.args
         self.objective.on_train_start(self)
@@ -354,7 +344,7 @@ class TrainingLoop:
                 if self.progress.step % args.logging_steps == 0 or self.progress.step == self.total_steps:
                     self._log()
                 if args.checkpointing_steps and self.progress.step % args.checkpointing_steps == 0:
-                    self._save()
+                    self.accelerator.save_state()
                     saved_at = self.progress.step
                 if self.progress.step >= self.total_steps:
                     break
@@ -367,7 +357,7 @@ class TrainingLoop:
                 accelerator.log({f"eval/{k}": v for k, v in evaluations[-1].items()}, step=self.progress.step)
         self._log()
         if args.checkpointing_steps and saved_at != self.progress.step:
-            self._save()
+            self.accelerator.save_state()
         return {"history": self.history, "evaluations": evaluations, "step": self.progress.step,
                 "resumed_from": resumed_from}
 
