@@ -1,6 +1,6 @@
 """`cxrfm app --glori FOLDER [--clip FOLDER] [--host H] [--port P]`: the browser app (Gradio) for one CXR at a time.
 
-Serves until interrupted (Ctrl-C exits with 130). Research use only: not a medical device.
+Serves until interrupted (Ctrl-C). Research use only: not a medical device.
 """
 
 from __future__ import annotations
