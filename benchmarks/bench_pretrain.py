@@ -62,7 +62,7 @@ def measure(preset: str, checkpointing: bool, single_call: bool, steps: int, que
     args = parse_args(PretrainArguments, argv)
     student = build_student(args)
     if checkpointing:
-        student.backbone.gradient_checkpointing_enable()
+        student.backbone.activation_checkpointing_enable()
     teacher = make_teacher(student)
     config = student.backbone.config
     schedules = SSLSchedules.build(100, 10, 1e-4, 1e-6, 1, 0.04, 0.2, 0.994, 1.0, 0.07, 0.04, 3, 1)

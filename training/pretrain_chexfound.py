@@ -253,7 +253,7 @@ def train(args: PretrainArguments) -> dict:
     logger.info("PretrainArguments: %s", asdict(args))
     student = build_student(args)
     if args.gradient_checkpointing:
-        student.backbone.gradient_checkpointing_enable()
+        student.backbone.activation_checkpointing_enable()
     teacher = make_teacher(student)
     config = student.backbone.config
     augmentation = MultiCropAugmentation(
