@@ -321,10 +321,13 @@ def test_copied_helpers_stay_equal_to_their_originals():
     from cxrfm.modeling.relaxed_clip import configuration_relaxed_clip, pipeline_cxr_zero_shot_classification
     from cxrfm.processing import text
 
-    pairs = [
-        (configuration_chexfound.HubConfigMixin, configuration_relaxed_clip.HubConfigMixin),
-        (text.prompt_pairs, pipeline_cxr_zero_shot_classification.prompt_pairs),
-    ]
+    mixins = {next(base for base in family.config_class.__mro__ if base.__name__ == "HubConfigMixin")
+              for family in FAMILIES.values()}
+    assert configuration_relaxed_clip.HubConfigMixin in mixins and len(mixins) == len(
+        {family.config_class.__module__.rsplit(".", 2)[-2] for family in FAMILIES.values()}
+    ), "every family folder holds its own HubConfigMixin copy"
+    pairs = [(configuration_chexfound.HubConfigMixin, mixin) for mixin in mixins - {configuration_chexfound.HubConfigMixin}]
+    pairs.append((text.prompt_pairs, pipeline_cxr_zero_shot_classification.prompt_pairs))
     for original, copy in pairs:
         assert inspect.getsource(copy) == inspect.getsource(original), copy.__qualname__
         marker = f"# Copied from {original.__module__}.{original.__qualname__}"
