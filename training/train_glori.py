@@ -277,10 +277,10 @@ class HeadGridObjective(Objective):
 
 
 def train_heads(args: GLoRIArguments, model, grid: HeadGrid, learning_rates, dataset, epochs: int,
-                stage_dir: Path) -> TrainingLoop:
+                stage_dir: Path) -> tuple[TrainingLoop, dict]:
     """AdamW (one param group per head) + cosine to 0 over all steps, through the recipe loop: `save_state` every
     `checkpointing_steps` into `stage_dir/checkpoints/checkpoint_<i>`, resumed exactly from the latest. Returns the
-    finished loop (its prepared grid predicts on every process)."""
+    finished loop (its prepared grid predicts on every process) and its summary."""
     stage_args = dataclasses.replace(args, num_epochs=epochs)
     accelerator = build_accelerator(stage_args, project_dir=str(stage_dir))  # one checkpoint folder per stage
     loader = DataLoader(dataset, batch_size=args.batch_size // accelerator.num_processes, shuffle=True,
@@ -292,8 +292,7 @@ def train_heads(args: GLoRIArguments, model, grid: HeadGrid, learning_rates, dat
     loop = TrainingLoop(accelerator, stage_args, grid, optimizer, loader, HeadGridObjective(model, dataset), scheduler)
     logger.info("%s: %d examples, %d heads, %d epochs, global batch %d, %d steps", stage_dir.name, len(dataset),
                 len(learning_rates), epochs, args.batch_size, loop.total_steps)
-    loop.summary = loop.run()
-    return loop
+    return loop, loop.run()
 
 
 def predict(loop: TrainingLoop, model: GLoRIForMultiLabel, dataset, batch_size: int) -> np.ndarray:
@@ -401,9 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Stage 1: the whole grid on TRAIN, selected on VALIDATION.
     grid = HeadGrid({rate_name(lr): model.new_head() for lr in args.learning_rates})
-    loop = train_heads(args, model, grid, args.learning_rates, train_rows, args.selection_epochs or args.num_epochs,
-                       output_dir / "stage1")
-    history = {"stage1": loop.summary["history"]}
+    loop, summary = train_heads(args, model, grid, args.learning_rates, train_rows,
+                                args.selection_epochs or args.num_epochs, output_dir / "stage1")
+    history = {"stage1": summary["history"]}
     val_scores = predict(loop, model, val_eval, args.eval_batch_size)
     grid = trained_grid(loop, grid)
     val_labels = labels[val_split][val_rows.rows].numpy()
@@ -420,9 +419,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Stage 2: the best head, warm-started, on TRAIN + VALIDATION.
     if args.retrain_on_train_val:
         final_grid, final_index = HeadGrid({best_name: copy.deepcopy(grid.heads[best_name])}), 0
-        final_loop = train_heads(args, model, final_grid, [best_rate], ConcatDataset([train_rows, val_rows]),
-                                 args.num_epochs, output_dir / "stage2")
-        history["stage2"] = final_loop.summary["history"]
+        final_loop, summary = train_heads(args, model, final_grid, [best_rate], ConcatDataset([train_rows, val_rows]),
+                                          args.num_epochs, output_dir / "stage2")
+        history["stage2"] = summary["history"]
     results = {
         "label_names": names, "feature_mode": args.feature_mode, "label_fraction": args.label_fraction,
         "num_train_images": len(train_rows), "num_validation_images": len(val_rows),
