@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cxrfm.modeling.mgca import MGCAConfig, MGCAModel, MGCAProcessor
