@@ -15,14 +15,11 @@ How a family keeps the contract (see `modeling/chexfound/` or `modeling/relaxed_
 3. Its config mixes in `HubConfigMixin` (a copy marked `# Copied from ...`) and lists custom pipelines in
    `hub_pipelines`; its modeling module imports each `pipeline_*.py` sibling so `save_pretrained` copies it.
 4. It adds one `Family` entry below: config class, Auto class -> model class, a tiny seeded model, a processor, and
-   the pipeline tasks with the keyword arguments each needs. The contract test picks it up by itself. E.g. MGCA:
-
-       FAMILIES["mgca"] = Family(
-           name="mgca", config_class=MGCAConfig, auto_classes={"AutoModel": MGCAModel},
-           make_tiny_model=_tiny_mgca, make_processor=_clip_processor,
-           pipeline_tasks={"cxr-zero-shot-classification": {"findings": FINDINGS}},
-           text_inputs=("no pleural effusion", "edema"), processor_auto_class="AutoProcessor",
-       )
+   the pipeline tasks with the keyword arguments each needs (the "mgca" entry is a worked example). The contract
+   test (`tests/test_family_contract.py`) and `check_folder` pick it up by themselves; a dual encoder also sets
+   `text_inputs` and `processor_auto_class="AutoProcessor"`. A custom task of the family must be in its config's
+   `hub_pipelines`; a stock transformers task (e.g. `image-feature-extraction`) needs only its Auto class in
+   `auto_classes`, and is expected to refuse a 16-bit PNG path (it decodes paths to 8-bit: an all-white image).
 """
 
 from __future__ import annotations

@@ -72,6 +72,9 @@ def test_cli_converts_chunked_teacher_checkpoint(teacher_checkpoint, tmp_path):
 
     for name in ("config.json", "model.safetensors", "configuration_chexfound.py", "modeling_chexfound.py"):
         assert (out_dir / name).is_file(), name
+    from cxrfm.contract import check_folder
+
+    assert check_folder(out_dir) == []  # the Hub contract: auto_map, cxr-feature-extraction, processor code
     preprocessor = json.loads((out_dir / "preprocessor_config.json").read_text())
     assert preprocessor["crop_size"] == {"height": 32, "width": 32}  # the tiny model's image_size
     converted = CheXFoundModel.from_pretrained(out_dir).eval()
