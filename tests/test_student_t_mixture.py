@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.stats import multivariate_t
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
@@ -105,3 +106,24 @@ def test_bad_input():
         fit_student_t_mixture(data, 2, init="random")
     with pytest.raises(ValueError, match="estimate_nu"):
         fit_student_t_mixture(data, 2, nu=float("inf"), estimate_nu=True)
+
+
+def test_full_covariance_with_fewer_points_than_dimensions():
+    """N < D (a batch of 32 in 512-d): the floor is applied through the N x N Gram matrix; it must equal the D x D
+    eigenvalue clamp, and EM must stay monotone."""
+    from cxrfm.training.losses.student_t_mixture import _m_step
+
+    generator = torch.Generator().manual_seed(0)
+    data = F.normalize(torch.randn(1, 24, 40, generator=generator, dtype=torch.float64), dim=-1)
+    resp = torch.softmax(torch.randn(1, 24, 3, generator=generator, dtype=torch.float64), -1)
+    u = torch.rand(1, 24, 3, generator=generator, dtype=torch.float64) + 0.5
+    _, means, covariances = _m_step(data, resp, u, "full", 1e-4)
+    weighted, counts = resp * u, resp.sum(1)
+    centred = data[:, None] - means[:, :, None]
+    scatter = (centred * weighted.transpose(1, 2)[..., None]).transpose(-1, -2) @ centred / counts[..., None, None]
+    values, vectors = torch.linalg.eigh(scatter)
+    reference = (vectors * values.clamp(min=1e-4)[..., None, :]) @ vectors.transpose(-1, -2)
+    torch.testing.assert_close(covariances, reference, rtol=0, atol=1e-12)
+    mixture = fit_student_t_mixture(data[0], 3, covariance_type="full", covariance_floor=1e-4, max_iter=15, tol=0.0,
+                                    generator=generator)
+    assert (mixture.log_likelihood[1:] - mixture.log_likelihood[:-1]).min() >= -1e-10

@@ -201,10 +201,21 @@ def _m_step(data, resp, precision_weights, covariance_type, floor, squared=None)
         second = weighted.transpose(1, 2) @ (data.square() if squared is None else squared)
         variances = second - 2 * means * first + mass * means.square()
         return counts / data.shape[1], means, (variances / counts[..., None]).clamp(min=floor)
-    centred = data[:, None] - means[:, :, None]  # (G, K, N, D)
-    scatter = (centred * weighted.transpose(1, 2)[..., None]).transpose(-1, -2) @ centred / counts[..., None, None]
-    eigenvalues, eigenvectors = torch.linalg.eigh(scatter)
-    covariances = (eigenvectors * eigenvalues.clamp(min=floor)[..., None, :]) @ eigenvectors.transpose(-1, -2)
+    # scatter S_k = A^T A with rows of A = sqrt(tau u / n_k) (z_i - mu_k)
+    rows = (data[:, None] - means[:, :, None]) * (weighted.transpose(1, 2) / counts[..., None])[..., None].sqrt()
+    n_samples, dim = data.shape[1:]
+    if n_samples >= dim:
+        eigenvalues, eigenvectors = torch.linalg.eigh(rows.transpose(-1, -2) @ rows)
+        covariances = (eigenvectors * eigenvalues.clamp(min=floor)[..., None, :]) @ eigenvectors.transpose(-1, -2)
+    else:
+        # fewer points than dimensions (a batch of 32 in 512-d): S has rank <= N, and its nonzero eigenpairs come
+        # from the N x N Gram matrix A A^T = U L U^T (v = A^T u / sqrt(l)), so the same clamp is
+        # floor I + A^T U diag(max(l - floor, 0) / l) U^T A, without a D x D eigendecomposition
+        eigenvalues, vectors = torch.linalg.eigh(rows @ rows.transpose(-1, -2))
+        scale = (eigenvalues - floor).clamp(min=0) / eigenvalues.clamp(min=torch.finfo(data.dtype).tiny)
+        projected = rows.transpose(-1, -2) @ vectors  # (G, K, D, N)
+        covariances = (projected * scale[..., None, :]) @ projected.transpose(-1, -2)
+        covariances = covariances + floor * torch.eye(dim, dtype=data.dtype, device=data.device)
     return counts / data.shape[1], means, 0.5 * (covariances + covariances.transpose(-1, -2))
 
 
