@@ -50,40 +50,39 @@ OUTPUT_NAMES = {
 _CUBIC_A = -0.75
 
 
-def _cubic_weights(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The four cubic-convolution weights of torch's bicubic upsampling for fractional offsets `t` in [0, 1)."""
-    a = _CUBIC_A
-
-    def near(x):  # |x| <= 1
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x):  # 1 < |x| < 2
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    return far(t + 1), near(t), near(1 - t), far(2 - t)
+def cubic_kernel(distance: torch.Tensor) -> torch.Tensor:
+    """Keys' cubic convolution kernel with A = -0.75 (torch's bicubic), zero at |distance| >= 2."""
+    a, x = _CUBIC_A, distance.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1  # |x| <= 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # 1 < |x| < 2
+    return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def bicubic_resample_matrix(out_size, in_size: int, offset: float, like: torch.Tensor) -> torch.Tensor:
+def _size_tensor(size, like: torch.Tensor) -> torch.Tensor:
+    """A (possibly symbolic) size as a float32 tensor `(1,)`, so that arithmetic on it stays in the graph."""
+    return torch.arange(size, device=like.device, dtype=torch.float32)[-1:] + 1
+
+
+def bicubic_resample_matrix(out_size, in_size: int, offset, like: torch.Tensor) -> torch.Tensor:
     """(out_size, in_size) matrix W such that W @ x resamples x along one axis exactly as
     `F.interpolate(mode="bicubic", align_corners=False, antialias=False)` with `scale_factor = (out_size + offset) /
-    in_size` (offset > 0, CheXFound's rule) or `size=out_size` (offset = 0).
+    in_size` (offset > 0, CheXFound's rule) or `size=out_size` (offset = 0). With `out_size == in_size` and offset 0
+    it is the identity exactly (every source coordinate is an integer, the kernel there is 1, 0, 0, 0).
 
-    `out_size` may be a symbolic size during export: the scale is computed from tensors, never from a Python float,
-    so the exported graph holds for every size.
+    `out_size` may be a symbolic size during export and `offset` a tensor: the scale is computed from tensors, never
+    from a Python float, so the exported graph holds for every size. Few operators on purpose: export time grows with
+    every operator on a symbolic shape.
     """
-    rows = torch.arange(out_size, device=like.device)
-    columns = torch.arange(in_size, device=like.device)
-    out = (rows * 0 + out_size).to(torch.float32)  # the size as a tensor: keeps it symbolic in the graph
-    # torch maps output pixel i to input coordinate (i + 0.5) / scale - 0.5 (half-pixel centres, no clamp for cubic).
-    source = (rows.to(torch.float32) + 0.5) * (in_size / (out + offset)) - 0.5
-    base = torch.floor(source)
-    fraction = source - base
-    matrix = torch.zeros(rows.shape[0], in_size, dtype=torch.float32, device=like.device)
-    for tap, weight in enumerate(_cubic_weights(fraction)):
-        # Taps beyond the border read the edge pixel (torch's upsample_get_value_bounded).
-        index = (base.to(torch.int64) + (tap - 1)).clamp(0, in_size - 1)
-        matrix = matrix + (index[:, None] == columns[None, :]).to(torch.float32) * weight[:, None]
-    return matrix
+    rows = torch.arange(out_size, device=like.device, dtype=torch.float32)
+    # torch maps output pixel i to input coordinate (i + 0.5) / scale - 0.5 (half-pixel centres, no clamp for cubic),
+    # which lies in [-0.5, in_size - 0.5]: its four taps lie in [-2, in_size + 1].
+    source = (rows + 0.5) * (in_size / (_size_tensor(out_size, like) + offset)) - 0.5
+    taps = torch.arange(-2, in_size + 2, device=like.device, dtype=torch.float32)
+    weights = cubic_kernel(source[:, None] - taps[None, :])  # (out_size, in_size + 4)
+    # Taps beyond the border read the edge pixel (torch's upsample_get_value_bounded): fold them onto the edges.
+    first = weights[:, :3].sum(dim=1, keepdim=True)
+    last = weights[:, -3:].sum(dim=1, keepdim=True)
+    return torch.cat([first, weights[:, 3:-3], last], dim=1) if in_size > 1 else first + last - weights[:, 2:3]
 
 
 def exportable_pos_embed_for_grid(vit, height, width, dtype: torch.dtype) -> torch.Tensor:
@@ -95,18 +94,15 @@ def exportable_pos_embed_for_grid(vit, height, width, dtype: torch.dtype) -> tor
     patch_pos_embed = vit.pos_embed[:, 1:].float()
     stored = vit.patch_embed.grid_size[0]
     dim = patch_pos_embed.shape[-1]
-    grid = patch_pos_embed.reshape(stored, stored, dim)
-    rows = bicubic_resample_matrix(height, stored, vit.interpolate_offset, grid)
-    columns = bicubic_resample_matrix(width, stored, vit.interpolate_offset, grid)
-    # At the native grid (both sides) CheXFound uses the stored embeddings unresampled: select identity matrices
-    # there, with a tensor condition so that the graph keeps both cases.
-    row_index, column_index = torch.arange(height, device=grid.device), torch.arange(width, device=grid.device)
-    stored_index = torch.arange(stored, device=grid.device)
-    native = ((row_index * 0 + height) == stored).all() & ((column_index * 0 + width) == stored).all()
-    rows = torch.where(native, (row_index[:, None] == stored_index[None, :]).to(rows.dtype), rows)
-    columns = torch.where(native, (column_index[:, None] == stored_index[None, :]).to(columns.dtype), columns)
-    resampled = torch.einsum("ia,abd,jb->ijd", rows, grid, columns).reshape(1, height * width, dim)
-    return torch.cat([vit.pos_embed[:, :1].float(), resampled], dim=1).to(dtype)
+    grid = patch_pos_embed.reshape(stored, stored * dim)
+    # At the native grid (both sides) CheXFound uses the stored embeddings unresampled. Offset 0 there makes both
+    # matrices the identity, with a tensor condition so that the graph keeps both cases.
+    native = (_size_tensor(height, grid) == stored) & (_size_tensor(width, grid) == stored)
+    offset = vit.interpolate_offset * (~native).to(torch.float32)
+    rows = bicubic_resample_matrix(height, stored, offset, grid)  # (h, M)
+    columns = bicubic_resample_matrix(width, stored, offset, grid)  # (w, M)
+    resampled = torch.matmul(columns, (rows @ grid).reshape(-1, stored, dim))  # (h, w, D)
+    return torch.cat([vit.pos_embed[:, :1].float(), resampled.reshape(1, -1, dim)], dim=1).to(dtype)
 
 
 @contextlib.contextmanager
