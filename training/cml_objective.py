@@ -29,7 +29,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .distributed import gather_features
 from .losses.student_t_mixture import StudentTMixture, fit_student_t_mixture
 from .losses.triplet_loss import MININGS, triplet_loss
 from .recipe import Objective
@@ -294,10 +293,5 @@ class CMLArguments:
         return CMLConfig.from_preset(self.cml_preset, seed=seed, **overrides)
 
 
-def gathered_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both modalities of every process, in rank order, with gradients (what L_m clusters and compares)."""
-    return gather_features(image_embeds), gather_features(text_embeds)
-
-
 __all__ = ["CML_PRESETS", "CMLArguments", "CMLConfig", "CMLMetricLoss", "CMLObjective", "batch_components",
-           "gathered_embeddings", "official_metric_loss", "official_pseudo_labels"]
+           "official_metric_loss", "official_pseudo_labels"]
