@@ -1,5 +1,5 @@
-"""Data-pipeline throughput: decode + preprocess of 2048 x 2048 CXRs through a cxrfm loader, beside
-TorchXRayVision's own pipeline on the same files.
+"""Data-pipeline throughput: decode + preprocess of CXRs from 256 x 256 to 3000 x 3000 through cxrfm (the
+`cxrfm embed` file reader and a `datasets` loader), beside TorchXRayVision's own pipeline on the same files.
 
 Files (written to a temporary folder, never downloaded): ``--num-images`` synthetic radiograph-like
 images, stored twice, as 16-bit grey PNGs in the ChestX-ray14 layout and as 12-bit DICOMs
@@ -15,8 +15,13 @@ Pipelines, both ending in a (C, 512, 512) float tensor per image:
   are applied to the 16-bit PNGs directly); DICOM: ``xrv.datasets.VinDr_Dataset`` (pydicom, modality
   LUT, windowing) with the same transforms.
 
+- cxrfm embed: the file paths themselves through ``cxrfm.commands._images.ImageFiles`` (what ``cxrfm embed`` /
+  ``predict`` run: ``CXRImageProcessor`` on each path in the DataLoader workers).
+
 Each is timed single-process (``num_workers=0``) and with ``--workers`` DataLoader workers, after one
-warm-up batch. Run: ``python benchmarks/bench_data.py [--num-images 32] [--workers 2]``.
+warm-up batch, for every ``--sizes`` entry. Single-process rows also give images per CPU-second of the process
+(``time.process_time``), which other jobs on a shared machine disturb far less than wall time.
+Run: ``python benchmarks/bench_data.py [--sizes 256,512,1024,2048,3000] [--num-images 16] [--workers 2]``.
 """
 
 from __future__ import annotations
@@ -120,24 +125,29 @@ def _xrv_collate(rows: list[dict]) -> torch.Tensor:
     return torch.stack([torch.as_tensor(row["img"]) for row in rows])
 
 
-def images_per_second(dataset, collate, batch_size: int, workers: int) -> float:
+def _embed_collate(items) -> torch.Tensor:
+    return torch.stack([pixels for _, pixels, _ in items])
+
+
+def images_per_second(dataset, collate, batch_size: int, workers: int) -> tuple[float, float | None]:
+    """(images per wall second, images per CPU second of this process or None with workers)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                                          persistent_workers=workers > 0)
     iterator = iter(loader)
     warm = next(iterator)  # worker start-up and first-call costs are not throughput
-    count, start = 0, time.perf_counter()
+    count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     for batch in iterator:
         count += len(batch)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if count == 0:
         raise ValueError(f"only one batch of {len(warm)} images: raise --num-images above --batch-size.")
-    return count / elapsed
+    return count / elapsed, (count / cpu if workers == 0 else None)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-images", type=int, default=32)
-    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--num-images", type=int, default=16)
+    parser.add_argument("--sizes", default="256,512,1024,2048,3000", help="comma-separated input sizes (square)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
@@ -148,27 +158,40 @@ def main() -> None:
     import torchvision
     import torchxrayvision as xrv
 
+    from cxrfm.commands._images import ImageFiles
+
     processor = CXRImageProcessor()
     xrv_transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(OUTPUT_SIZE)])
-    with tempfile.TemporaryDirectory() as folder:
-        nih, vindr = write_files(Path(folder), args.num_images, args.size)
-        ours = {
-            "PNG16": load_nih(nih, validation_fraction=0.0)["test"],
-            "DICOM": load_vindr(vindr, splits=("train",), validation_fraction=0.0)["train"],
-        }
-        theirs = {
-            "PNG16": _XRVPngDataset(sorted(str(p) for p in (nih / "images").glob("*.png")), xrv_transform),
-            "DICOM": xrv.datasets.VinDr_Dataset(imgpath=str(vindr / "train"), csvpath=str(vindr / "kaggle_train.csv"),
-                                                transform=xrv_transform),
-        }
-        print(f"{args.num_images} images {args.size}x{args.size} -> {OUTPUT_SIZE}x{OUTPUT_SIZE}, batch {args.batch_size}, "
-              f"torch threads 1 per process")
-        print(f"{'format':<7}{'workers':>8}{'cxrfm img/s':>14}{'xrv img/s':>12}{'cxrfm/xrv':>11}")
-        for name in ("PNG16", "DICOM"):
-            for workers in (0, args.workers):
-                mine = images_per_second(ours[name], _ProcessorCollate(processor), args.batch_size, workers)
-                other = images_per_second(theirs[name], _xrv_collate, args.batch_size, workers)
-                print(f"{name:<7}{workers:>8}{mine:>14.2f}{other:>12.2f}{mine / other:>11.2f}")
+    print(f"{args.num_images} images per size -> {OUTPUT_SIZE}x{OUTPUT_SIZE}, batch {args.batch_size}, torch threads 1 "
+          "per process; img/s wall (img per CPU-s of the process, single-process rows)")
+    print(f"{'size':>5} {'format':<6}{'workers':>8}{'cxrfm embed':>20}{'cxrfm loader':>20}{'xrv':>20}"
+          f"{'embed/xrv':>11}{'(CPU)':>7}")
+    for size in [int(value) for value in args.sizes.split(",")]:
+        with tempfile.TemporaryDirectory() as folder:
+            nih, vindr = write_files(Path(folder), args.num_images, size)
+            files = {"PNG16": sorted((nih / "images").glob("*.png")), "DICOM": sorted((vindr / "train").glob("*.dicom"))}
+            loaders = {
+                "PNG16": load_nih(nih, validation_fraction=0.0)["test"],
+                "DICOM": load_vindr(vindr, splits=("train",), validation_fraction=0.0)["train"],
+            }
+            theirs = {
+                "PNG16": _XRVPngDataset([str(p) for p in files["PNG16"]], xrv_transform),
+                "DICOM": xrv.datasets.VinDr_Dataset(imgpath=str(vindr / "train"),
+                                                    csvpath=str(vindr / "kaggle_train.csv"), transform=xrv_transform),
+            }
+            for name in ("PNG16", "DICOM"):
+                for workers in (0, args.workers):
+                    embed = images_per_second(ImageFiles(files[name], processor), _embed_collate, args.batch_size,
+                                              workers)
+                    loader = images_per_second(loaders[name], _ProcessorCollate(processor), args.batch_size, workers)
+                    other = images_per_second(theirs[name], _xrv_collate, args.batch_size, workers)
+
+                    def cell(rate):
+                        return f"{rate[0]:.1f}" + (f" ({rate[1]:.1f})" if rate[1] else "")
+
+                    cpu_ratio = f"{embed[1] / other[1]:.2f}" if embed[1] else ""
+                    print(f"{size:>5} {name:<6}{workers:>8}{cell(embed):>20}{cell(loader):>20}{cell(other):>20}"
+                          f"{embed[0] / other[0]:>11.2f}{cpu_ratio:>7}", flush=True)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,6 @@ def load_cxr_image(
             f"{name}: unsupported input type {type(source).__module__}.{type(source).__name__}; expected a "
             "file path, bytes, PIL image, numpy array, torch tensor or pydicom Dataset."
         )
-    _check_finite(image, name)
     meta.setdefault("value_range", _nominal_range(source))
     meta["source"] = name
     return (image, meta) if return_metadata else image
@@ -191,6 +190,10 @@ def _nominal_range(source: Any) -> tuple[float, float] | None:
 
 
 def _check_finite(image: np.ndarray, name: str) -> None:
+    """Raise for NaN/inf pixels. Called on the raw array (`_array_to_grey`) and on DICOM's value range: integer
+    data is finite by construction, and for floats NaN and inf show in min/max without a boolean temporary."""
+    if image.dtype.kind != "f" or np.isfinite(image.min()) and np.isfinite(image.max()):
+        return
     if not np.isfinite(image).all():
         bad = int((~np.isfinite(image)).sum())
         raise ValueError(f"{name}: {bad} of {image.size} pixels are NaN or infinite; the image cannot be used.")
@@ -227,7 +230,8 @@ def _read_bytes(data: bytes, name: str, apply_voi_lut: bool) -> tuple[np.ndarray
         ) from None
     except Exception as error:
         raise ValueError(f"{name}: cannot decode the image file (corrupt or truncated?): {error}") from error
-    image = ImageOps.exif_transpose(image)
+    # In place: without an EXIF orientation, exif_transpose would otherwise return a full copy of the pixels.
+    ImageOps.exif_transpose(image, in_place=True)
     grey, meta = _read_pil(image, name)
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 26:
         bit_depth, colour_type = struct.unpack(">BB", data[24:26])
@@ -261,6 +265,7 @@ def _array_to_grey(array: np.ndarray, name: str, data_format: str) -> np.ndarray
         raise TypeError(f"{name}: array dtype {array.dtype} is not a number type.")
     if array.size == 0:
         raise ValueError(f"{name}: empty image (shape {tuple(array.shape)}).")
+    _check_finite(array, name)
     if array.ndim == 3:
         array = _channels_last(array, name, data_format)
         channels = array.shape[-1]
@@ -280,10 +285,12 @@ def _array_to_grey(array: np.ndarray, name: str, data_format: str) -> np.ndarray
 
 def _to_unit_scale(array: np.ndarray) -> np.ndarray:
     """float32 copy on the documented scale: uint8 / 255, uint16 / 65535, anything else unchanged."""
+    # One ufunc pass each: the integers are cast to float32 inside the loop, then divided in float32 (the same
+    # values as astype(float32) followed by the division, without the intermediate array).
     if array.dtype == np.uint8:
-        return array.astype(np.float32) / np.float32(255.0)
+        return np.divide(array, np.float32(255.0), dtype=np.float32)
     if array.dtype == np.uint16:
-        return array.astype(np.float32) / np.float32(65535.0)
+        return np.divide(array, np.float32(65535.0), dtype=np.float32)
     return array.astype(np.float32)
 
 
@@ -394,14 +401,32 @@ def read_dicom(
                 meta["window"] = (_first_value(dataset, "WindowCenter"), _first_value(dataset, "WindowWidth"))
         except (ValueError, NotImplementedError) as error:
             raise ValueError(f"{name}: invalid DICOM VOI LUT / window: {error}") from error
-    if high <= low:
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
         raise ValueError(f"{name}: degenerate DICOM value range [{low}, {high}] (check BitsStored / RescaleSlope).")
     meta["value_range"] = (low, high)
-    grey = (values.astype(np.float64) - low) / (high - low)
+    if photometric != "MONOCHROME1" and _exact_in_float32(values, low, high):
+        # Integers below 2**24 and their differences are exact in float32, and a float64 quotient rounded to
+        # float32 equals the float32 quotient (53 >= 2 * 24 + 2 bits), so this is the float64 result, bit for bit,
+        # at half the memory traffic.
+        scaled = np.subtract(values, np.float32(low), dtype=np.float32)
+        return np.divide(scaled, np.float32(high - low), out=scaled), meta
+    grey = np.subtract(values, low, dtype=np.float64)  # float64 throughout: no 8-bit or float32 step
     if photometric == "MONOCHROME1":
-        grey = 1.0 - grey
+        grey /= high - low
+        _check_finite(grey, name)  # a LUT or window can still map to NaN/inf in a malformed file
         meta["inverted"] = True
-    return grey.astype(np.float32), meta
+        return np.subtract(1.0, grey, out=grey).astype(np.float32), meta
+    # The division runs in float64 and only its result is rounded to float32 (= astype after dividing).
+    scaled = np.divide(grey, high - low, out=np.empty(grey.shape, np.float32), casting="same_kind")
+    _check_finite(scaled, name)  # a LUT or window can still map to NaN/inf in a malformed file
+    return scaled, meta
+
+
+def _exact_in_float32(values: np.ndarray, low: float, high: float) -> bool:
+    """Integer pixel values, range ends and range width all exactly representable in float32 (|x| < 2**24)."""
+    limit = 2**24
+    return (values.dtype.kind in "ui" and values.dtype.itemsize <= 2 and float(low).is_integer()
+            and float(high).is_integer() and abs(low) < limit and abs(high) < limit and high - low < limit)
 
 
 def _as_dicom_dataset(source: Any, name: str):
@@ -590,24 +615,35 @@ class CXRImageProcessor(BaseImageProcessor):
         num_channels: int,
         **unused,
     ) -> torch.Tensor:
-        """float32 grey (H, W) -> float32 (num_channels, H', W')."""
+        """float32 grey (H, W) -> float32 (num_channels, H', W').
+
+        The arithmetic is the documented sequence, op for op (so values are bit-identical to applying
+        `resize_grey`, `center_crop_grey`, `minmax_rescale` and `(x - mean) / std` in turn); it only avoids
+        temporaries: one min/max pass of the input serves the constant check and the resize clamp, and the
+        min-max and normalisation steps write into the output tensor in place.
+        """
+        image = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]  # (1, 1, H, W)
+        value_range = None
+        if do_minmax_rescale or do_resize:
+            value_range = torch.aminmax(image)
         if do_minmax_rescale:
             # Checked before resizing: resampling ripple would give a constant image a spurious range that
             # min-max then stretches to [0, 1].
-            _check_not_constant(grey, name)
-        image = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]  # (1, 1, H, W)
+            _check_not_constant(value_range, name)
         if do_resize:
-            image = resize_grey(image, _resize_output_size(image.shape[-2:], size), resample)
+            image = resize_grey(image, _resize_output_size(image.shape[-2:], size), resample, value_range=value_range)
         if do_center_crop:
             image = center_crop_grey(image, (crop_size["height"], crop_size["width"]), name)
+        unchanged = value_range is not None and image.shape[-2:] == grey.shape  # no resize, no crop
+        grey_plane = image[0, 0]
         if do_minmax_rescale:
-            image = minmax_rescale(image, name)
-        image = image[0].expand(num_channels, -1, -1)
-        if do_normalize:
-            mean = torch.from_numpy(_per_channel(image_mean, num_channels, "image_mean"))[:, None, None]
-            std = torch.from_numpy(_per_channel(image_std, num_channels, "image_std"))[:, None, None]
-            image = (image - mean) / std
-        return image.contiguous()
+            grey_plane = minmax_rescale(grey_plane, name, value_range if unchanged else None)
+        if not do_normalize:
+            return grey_plane.expand(num_channels, -1, -1).contiguous()
+        mean = torch.from_numpy(_per_channel(image_mean, num_channels, "image_mean"))[:, None, None]
+        std = torch.from_numpy(_per_channel(image_std, num_channels, "image_std"))[:, None, None]
+        out = torch.empty((num_channels, *grey_plane.shape), dtype=torch.float32)
+        return torch.sub(grey_plane.expand(num_channels, -1, -1), mean, out=out).div_(std)
 
 
 def _check_size_keys(size, param: str, allowed=_ALLOWED_SIZE_KEYS) -> None:
@@ -642,21 +678,27 @@ def _resize_output_size(input_size: Sequence[int], size) -> tuple[int, int]:
     return (shortest, new_long) if height <= width else (new_long, shortest)
 
 
-def resize_grey(image: torch.Tensor, output_size: tuple[int, int], resample=PILImageResampling.BICUBIC) -> torch.Tensor:
+def resize_grey(
+    image: torch.Tensor, output_size: tuple[int, int], resample=PILImageResampling.BICUBIC, value_range=None
+) -> torch.Tensor:
     """Resize ``(N, C, H, W)`` float images to ``output_size`` (H', W') with PIL-style antialiasing.
 
     Bicubic/bilinear use ``torch.nn.functional.interpolate(..., antialias=True)`` (the filters of
     PIL's resize, which torchvision applies to PIL images). The result is clamped to the nominal
     [0, 1] scale widened to the image's own range: on [0, 1] images this is what PIL's 8-bit
     resize does (it clips bicubic overshoot at 0 and 255, and CheXFound's min-max rescale sees
-    that), and raw-valued float images keep their range.
+    that), and raw-valued float images keep their range. `value_range`, the `torch.aminmax` of a
+    one-image, one-channel input when the caller has it already, saves that pass.
     """
     if tuple(image.shape[-2:]) == tuple(output_size):
         return image
     mode = _TORCH_RESIZE_MODES[resample]
     if mode == "nearest-exact":
         return F.interpolate(image, size=output_size, mode=mode)
-    low, high = torch.aminmax(image.flatten(-2), dim=-1)  # one pass; (N, C) each
+    if value_range is not None and image.shape[:2] == (1, 1):
+        low, high = (value.reshape(1, 1) for value in value_range)
+    else:
+        low, high = torch.aminmax(image.flatten(-2), dim=-1)  # one pass; (N, C) each
     low, high = low.clamp(max=0.0)[..., None, None], high.clamp(min=1.0)[..., None, None]
     resized = F.interpolate(image, size=output_size, mode=mode, align_corners=False, antialias=True)
     return resized.clamp_(min=low, max=high)
@@ -676,8 +718,9 @@ def center_crop_grey(image: torch.Tensor, crop_size: tuple[int, int], name: str 
     return image[..., top : top + crop_height, left : left + crop_width]
 
 
-def _check_not_constant(grey: np.ndarray, name: str) -> None:
-    low, high = float(grey.min()), float(grey.max())
+def _check_not_constant(value_range: tuple[torch.Tensor, torch.Tensor], name: str) -> None:
+    """`value_range` is the image's `torch.aminmax`."""
+    low, high = float(value_range[0]), float(value_range[1])
     if not high > low:
         raise ValueError(
             f"{name}: the image is constant (every pixel = {low:g}), so min-max rescaling is undefined; check the "
@@ -685,16 +728,17 @@ def _check_not_constant(grey: np.ndarray, name: str) -> None:
         )
 
 
-def minmax_rescale(image: torch.Tensor, name: str = "image") -> torch.Tensor:
+def minmax_rescale(image: torch.Tensor, name: str = "image", value_range=None) -> torch.Tensor:
     """Per-image min-max rescale to [0, 1]: ``(x - min(x)) / (max(x) - min(x))`` (CheXFound's
-    evaluation ``RescaleImage``; per channel there, and our channels are one grey image)."""
-    low, high = torch.aminmax(image)
+    evaluation ``RescaleImage``; per channel there, and our channels are one grey image).
+    `value_range`: the image's `torch.aminmax` when the caller has it already."""
+    low, high = torch.aminmax(image) if value_range is None else value_range
     if not bool(high > low):
         raise ValueError(
             f"{name}: the image is constant (every pixel = {float(low):g}) after resize and crop, so min-max "
             "rescaling is undefined; check the file, or set do_minmax_rescale=False."
         )
-    return (image - low) / (high - low)
+    return (image - low).div_(high - low)  # in place on the new tensor: one temporary instead of two
 
 
 def _to_batch_feature(images: list[torch.Tensor], return_tensors, device) -> BatchFeature:
