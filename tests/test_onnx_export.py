@@ -77,7 +77,7 @@ def test_bicubic_matrix_rows_sum_to_one_and_hand_value():
     torch.testing.assert_close(matrix[0], torch.tensor(expected, dtype=torch.float32))
 
 
-@pytest.mark.slow  # each export is one torch.export + ONNX translation (10-20 s on 2 busy cores)
+@pytest.mark.slow  # each export is one torch.export + ONNX translation (5-10 s on 2 busy cores)
 def test_backbone_pooled_through_the_cli(one_block_folder, tmp_path, capsys):
     path = tmp_path / "pooled.onnx"
     assert main(["export", "onnx", str(one_block_folder), str(path)]) == 0
