@@ -125,8 +125,14 @@ def _xrv_collate(rows: list[dict]) -> torch.Tensor:
     return torch.stack([torch.as_tensor(row["img"]) for row in rows])
 
 
-def _embed_collate(items) -> torch.Tensor:
-    return torch.stack([pixels for _, pixels, _ in items])
+class _EmbedCollate:
+    """What `cxrfm embed` does with a batch: stack the workers' grey planes, normalise them into channels."""
+
+    def __init__(self, finish):
+        self.finish = finish
+
+    def __call__(self, items) -> torch.Tensor:
+        return self.finish(torch.stack([pixels for _, pixels, _ in items]))
 
 
 def images_per_second(dataset, collate, batch_size: int, workers: int) -> tuple[float, float | None]:
@@ -158,9 +164,11 @@ def main() -> None:
     import torchvision
     import torchxrayvision as xrv
 
-    from cxrfm.commands._images import ImageFiles
+    from cxrfm.commands._images import ImageFiles, split_normalization
 
     processor = CXRImageProcessor()
+    worker_processor, finish = split_normalization(processor)
+    embed_collate = _EmbedCollate(finish)
     xrv_transform = torchvision.transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(OUTPUT_SIZE)])
     print(f"{args.num_images} images per size -> {OUTPUT_SIZE}x{OUTPUT_SIZE}, batch {args.batch_size}, torch threads 1 "
           "per process; img/s wall (img per CPU-s of the process, single-process rows)")
@@ -181,8 +189,8 @@ def main() -> None:
             }
             for name in ("PNG16", "DICOM"):
                 for workers in (0, args.workers):
-                    embed = images_per_second(ImageFiles(files[name], processor), _embed_collate, args.batch_size,
-                                              workers)
+                    embed = images_per_second(ImageFiles(files[name], worker_processor), embed_collate,
+                                              args.batch_size, workers)
                     loader = images_per_second(loaders[name], _ProcessorCollate(processor), args.batch_size, workers)
                     other = images_per_second(theirs[name], _xrv_collate, args.batch_size, workers)
 

@@ -86,3 +86,16 @@ def test_nan_and_constant_inputs_are_still_refused():
         processor(np.where(np.eye(10) * np.arange(10) == 3, np.nan, 0.5).astype(np.float32))
     with pytest.raises(ValueError, match="the image is constant"):
         processor(np.full((10, 10), 7, dtype=np.uint16))
+
+
+@pytest.mark.parametrize("options", [{}, {"size": 64, "crop_size": 64, "image_mean": [0.5], "image_std": [0.25]},
+                                     {"num_channels": 1, "image_mean": [0.3], "image_std": [0.2]}])
+def test_embed_workers_send_grey_planes_and_normalise_the_batch_identically(files, options):
+    from cxrfm.commands._images import split_normalization
+
+    processor = CXRImageProcessor(**options)
+    worker_processor, finish = split_normalization(processor)
+    assert worker_processor.num_channels == 1 and worker_processor.do_normalize is False
+    paths = [str(path) for path in files[:3]]
+    planes = torch.stack([worker_processor(path, return_tensors="pt")["pixel_values"][0] for path in paths])
+    assert torch.equal(finish(planes), processor(paths, return_tensors="pt")["pixel_values"])
