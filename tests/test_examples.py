@@ -53,3 +53,15 @@ def test_demo_story_end_to_end(tmp_path, capsys):
     for kind in ("roc_glori", "roc_zero_shot"):  # one curve per finding with positives and negatives
         assert sorted(p.stem[4:] for p in (out / "plots" / kind).glob("roc_*.png")) == both_classes
     assert len(list((out / "plots" / "attention").glob("*.png"))) == 4
+
+    # The folder is marked as the demo's own (the next `make demo` replaces it); any other non-empty folder is
+    # refused before any work is done.
+    import pytest
+
+    assert (out / ".cxrfm-demo").is_file()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="is not empty; pass --overwrite"):
+        demo.main(["--quick", "--output-dir", str(other)])
+    assert (other / "notes.txt").read_text() == "keep"

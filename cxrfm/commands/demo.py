@@ -24,6 +24,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+DEMO_MARKER = ".cxrfm-demo"
 FINDINGS = ["Cardiomegaly", "Edema", "Support Devices", "Pleural Effusion"]
 # (num_images, pretraining steps, GLoRI epochs, GLoRI learning-rate grid, CLIP epochs, bootstrap resamples)
 SETTINGS = {"full": (400, 60, 5, None, 4, 200), "quick": (120, 2, 1, ["1e-3"], 1, 20)}
@@ -156,12 +157,14 @@ def run_demo(output_dir: Path, quick: bool = False, overwrite: bool = False) -> 
         SETTINGS["quick" if quick else "full"]
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
-        if not overwrite:
+        # A folder an earlier demo wrote (it carries the marker) is replaced, so `make demo` can run twice.
+        if not (overwrite or (output_dir / DEMO_MARKER).is_file()):
             raise FileExistsError(f"{output_dir} is not empty; pass --overwrite or another --output-dir.")
         shutil.rmtree(output_dir)
     models, runs, plots = output_dir / "models", output_dir / "runs", output_dir / "plots"
     for folder in (models, runs, plots):
         folder.mkdir(parents=True, exist_ok=True)
+    (output_dir / DEMO_MARKER).write_text("written by cxrfm demo; replaced by the next run\n")
     set_seed(0)
     story = Story(total=7)
     started = time.perf_counter()
