@@ -138,20 +138,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny preset only")
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    print("| preset | grad ckpt | student forward | steps/s | images/s | peak RSS growth (MB) | GFLOP/s | "
+          "fraction of matmul peak | student forward (s) |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
     for preset in (["tiny"] if args.quick else ["tiny", "vit-b16"]):
         steps = args.steps if preset == "tiny" else max(2, args.steps // 2)
         for checkpointing, single_call in ((False, False), (True, False), (False, True)):
-            rows.append(run(preset, checkpointing, single_call, steps))
-    print("| preset | grad ckpt | student forward | steps/s | images/s | peak RSS growth (MB) | GFLOP/s | "
-          "fraction of matmul peak | student forward (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['preset']} | {'on' if r['checkpointing'] else 'off'} | "
-              f"{'one padded call' if r['single_call'] else 'one call per crop size'} | {r['steps_per_s']:.3g} | "
-              f"{r['images_per_s']:.3g} | {r['peak_rss_growth_mb']:.0f} | {r['gflops_per_s']:.3g} | "
-              f"{r['gflops_per_s'] / r['peak_gflops_per_s']:.2f} | {r['student_forward_s']:.3g} |")
+            r = run(preset, checkpointing, single_call, steps)
+            rows.append(r)
+            print(f"| {r['preset']} | {'on' if r['checkpointing'] else 'off'} | "
+                  f"{'one padded call' if r['single_call'] else 'one call per crop size'} | {r['steps_per_s']:.3g} | "
+                  f"{r['images_per_s']:.3g} | {r['peak_rss_growth_mb']:.0f} | {r['gflops_per_s']:.3g} | "
+                  f"{r['gflops_per_s'] / r['peak_gflops_per_s']:.2f} | {r['student_forward_s']:.3g} |", flush=True)
     for preset in sorted({r["preset"] for r in rows}):
         per_size = next(r for r in rows if r["preset"] == preset and not r["single_call"] and not r["checkpointing"])
         single = next(r for r in rows if r["preset"] == preset and r["single_call"])
