@@ -1,6 +1,5 @@
 """CheXFound pretraining recipe: exact resume, export, resolution stages, continuation from released layouts."""
 
-import logging
 
 import pytest
 import torch
@@ -35,7 +34,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert len({round(h["loss"], 6) for h in full["history"]}) == 6
 
 
-def test_export_is_a_model_folder_with_heads_and_next_stage_starts_from_it(tmp_path, caplog):
+def test_export_is_a_model_folder_with_heads_and_next_stage_starts_from_it(tmp_path):
     summary = run(tmp_path / "stage1", "--max_steps", "2")
     export = tmp_path / "stage1" / "teacher"
     teacher = summary["teacher"]

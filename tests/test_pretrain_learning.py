@@ -5,7 +5,6 @@ import logging
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
 from datasets import concatenate_datasets
 from sklearn.linear_model import LogisticRegression

@@ -17,7 +17,6 @@ with the same global batch. The official code draws masks and computes KoLeo per
 """
 
 import copy
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +31,6 @@ from .ibot_patch_loss import ibot_patch_loss
 from .koleo_loss import koleo_loss
 from .schedules import CosineSchedule
 from .teacher_targets import TeacherTargets
-
-logger = logging.getLogger(__name__)
 
 
 class SSLNetwork(nn.Module):
