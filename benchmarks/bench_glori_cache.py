@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from cxrfm.modeling import CheXFoundConfig, CheXFoundModel, GLoRIForMultiLabel
 from cxrfm.modeling.chexfound.modeling_glori import masked_multilabel_bce_loss
 from cxrfm.processing import CXRImageProcessor
-from cxrfm.processing.datasets._common import CXR_LT_40
 from cxrfm.processing.datasets.phantom import load_phantom
+from cxrfm.processing.labels import CXR_LT_40
 from cxrfm.training.feature_cache import build_feature_cache
 from cxrfm.training.train_glori import OFFICIAL_LEARNING_RATES, HeadGrid, rate_name
 

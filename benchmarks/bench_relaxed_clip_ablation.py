@@ -40,9 +40,10 @@ from transformers import (
 from cxrfm.evaluation.metrics import multilabel_metrics
 from cxrfm.evaluation.zero_shot import zero_shot_probabilities
 from cxrfm.modeling.relaxed_clip import RelaxedCLIPModel, clip_loss, pool_tower_output
-from cxrfm.processing.datasets._common import CHEXPERT_5, get_label_names
+from cxrfm.processing.datasets import get_label_names
 from cxrfm.processing.datasets.phantom import PHANTOM_PREVALENCE, load_phantom
 from cxrfm.processing.image_processing_cxr import CXRImageProcessor
+from cxrfm.processing.labels import CHEXPERT_5
 from cxrfm.processing.text import clinical_text, sample_sentences, split_sentences
 from cxrfm.training.finetune_clip import resolve_path
 

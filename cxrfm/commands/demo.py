@@ -69,7 +69,7 @@ def write_phantom_files(split, folder: Path) -> tuple[Path, list[str]]:
     import pandas as pd
     from PIL import Image
 
-    from cxrfm.processing.datasets._common import get_label_names
+    from cxrfm.processing.datasets import get_label_names
 
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,7 @@ from ..modeling.relaxed_clip.pipeline_cxr_zero_shot_classification import (
     pair_softmax_probabilities,
     prompt_pairs,
 )
-from ..processing.datasets._common import CHEXPERT_5, CHEXPERT_13, CXR_LT_40
-from ..processing.datasets.vindr import VINDR_20
+from ..processing.labels import CHEXPERT_5, CHEXPERT_13, CXR_LT_40, VINDR_20
 from .metrics import multilabel_metrics
 
 # relaxed-CLIP Table 7: the 61 PadChest findings with more than 100 positives in the test set.
