@@ -114,6 +114,28 @@ def prepare_dense_run(args: DenseTransferArguments, cache_features: bool = False
     )
 
 
+def train_frozen_encoder_head(args: DenseTransferArguments, run: DenseRun, model, objective: Objective, evaluate,
+                              protocol: str, untrained_key: str):
+    """Train everything but the frozen encoder with AdamW on the skeleton's loop; `evaluate(loop, test_loader, args)`
+    scores the test split before and after. Returns (loop, results)."""
+    from .feature_cache import weights_fingerprint
+    from .recipe import TrainingLoop
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+                                  weight_decay=args.weight_decay)
+    loop = TrainingLoop(run.accelerator, args, model, optimizer, run.train_loader, objective)
+    untrained = evaluate(loop, run.test_loader, args)
+    before = weights_fingerprint(run.encoder)
+    summary = loop.run()
+    results = {"protocol": protocol, "encoder": args.encoder, "encoder_kind": run.encoder.kind,
+               "dataset": args.dataset, "train_fraction": args.train_fraction,
+               "num_train_images": len(run.train_set), "test": evaluate(loop, run.test_loader, args),
+               untrained_key: untrained, "history": summary["history"],
+               # a frozen encoder's weights and BatchNorm statistics are bit-identical after training
+               "encoder_fingerprint": {"before": before, "after": weights_fingerprint(run.encoder)}}
+    return loop, results
+
+
 def write_dense_results(args: DenseTransferArguments, accelerator, results: dict, table: str, head_state: dict,
                         head_file: str) -> None:
     """results.json, results.md and the trained (non-encoder) weights into output_dir (main process)."""
@@ -320,6 +342,7 @@ __all__ = [
     "CachedFeaturesDataset",
     "DenseTransferDataset",
     "bootstrap_interval",
+    "train_frozen_encoder_head",
     "cache_encoder_features",
     "collate_dense",
     "format_results_table",

@@ -30,9 +30,9 @@ from .dense_transfer import (
     bootstrap_interval,
     format_results_table,
     prepare_dense_run,
+    train_frozen_encoder_head,
     write_dense_results,
 )
-from .feature_cache import weights_fingerprint
 from .recipe import TrainingLoop, parse_args
 
 logger = logging.getLogger(__name__)
@@ -151,19 +151,9 @@ def train_detection(args: DetectionArguments) -> dict:
     run = prepare_dense_run(args)
     model = build_retinanet(run.encoder, len(args.target_labels), args.image_size, args.fpn_channels, args.anchor_scale,
                             args.score_threshold, args.max_detections)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
-                                  weight_decay=args.weight_decay)
-    loop = TrainingLoop(run.accelerator, args, model, optimizer, run.train_loader, DetectionObjective(run.train_set))
-    untrained = evaluate_detection(loop, run.test_loader, args)
-    before = weights_fingerprint(run.encoder)
-    summary = loop.run()
-    trained = evaluate_detection(loop, run.test_loader, args)
-    results = {"protocol": "detection", "encoder": args.encoder, "encoder_kind": run.encoder.kind,
-               "dataset": args.dataset, "train_fraction": args.train_fraction,
-               "num_train_images": len(run.train_set), "test": trained, "untrained_head": untrained,
-               "history": summary["history"],
-               # a frozen encoder's weights and BatchNorm statistics are bit-identical after training
-               "encoder_fingerprint": {"before": before, "after": weights_fingerprint(run.encoder)}}
+    loop, results = train_frozen_encoder_head(args, run, model, DetectionObjective(run.train_set), evaluate_detection,
+                                              "detection", "untrained_head")
+    trained = results["test"]
     table = format_results_table(
         f"mAP@[0.40:0.75] on test ({args.encoder}, {args.train_fraction:.0%} of train, "
         f"{args.n_bootstrap} bootstrap resamples)", [("mAP", trained["map"], *trained["ci"])])

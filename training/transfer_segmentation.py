@@ -30,9 +30,9 @@ from .dense_transfer import (
     bootstrap_interval,
     format_results_table,
     prepare_dense_run,
+    train_frozen_encoder_head,
     write_dense_results,
 )
-from .feature_cache import weights_fingerprint
 from .recipe import TrainingLoop, parse_args
 
 logger = logging.getLogger(__name__)
@@ -143,20 +143,10 @@ def train_segmentation(args: SegmentationArguments) -> dict:
     """Train the decoder on `train_fraction` of TRAIN; Dice on TEST for the untrained and the trained decoder."""
     run = prepare_dense_run(args, cache_features=args.cache_features)
     model = FrozenEncoderUnet(run.encoder, len(args.target_labels), tuple(args.decoder_channels))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
-                                  weight_decay=args.weight_decay)
     objective = SegmentationObjective(run.train_set.dataset if args.cache_features else run.train_set, args.loss)
-    loop = TrainingLoop(run.accelerator, args, model, optimizer, run.train_loader, objective)
-    untrained = evaluate_segmentation(loop, run.test_loader, args)
-    before = weights_fingerprint(run.encoder)
-    summary = loop.run()
-    trained = evaluate_segmentation(loop, run.test_loader, args)
-    results = {"protocol": "segmentation", "encoder": args.encoder, "encoder_kind": run.encoder.kind,
-               "dataset": args.dataset, "train_fraction": args.train_fraction,
-               "num_train_images": len(run.train_set), "test": trained, "untrained_decoder": untrained,
-               "history": summary["history"],
-               # a frozen encoder's weights and BatchNorm statistics are bit-identical after training
-               "encoder_fingerprint": {"before": before, "after": weights_fingerprint(run.encoder)}}
+    loop, results = train_frozen_encoder_head(args, run, model, objective, evaluate_segmentation, "segmentation",
+                                              "untrained_decoder")
+    trained = results["test"]
     rows = [(name, v["dice"], *v["ci"]) for name, v in trained["per_class"].items()]
     rows.append(("macro", trained["macro"]["dice"], *trained["macro"]["ci"]))
     table = format_results_table(f"Dice on test ({args.encoder}, {args.train_fraction:.0%} of train, "
