@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from datasets import Image
 
 from cxrfm.modeling import CheXFoundConfig, CheXFoundModel, GLoRIForMultiLabel
 from cxrfm.processing import CXRImageProcessor
@@ -63,6 +64,11 @@ def test_glori_beats_chance_with_confidence_intervals(trained):
     assert all(info["reused"] is False for info in results["feature_cache"].values())
     model = GLoRIForMultiLabel.from_pretrained(root / "run1" / "model")
     assert list(model.config.id2label.values()) == LABELS and model.config.cat_cls is False
+    # The saved folder carries its own results and card, stating the resample count actually used.
+    in_folder = json.loads((root / "run1" / "model" / "results.json").read_text())
+    assert in_folder["test"]["macro"] == on_disk["test"]["macro"]
+    card = (root / "run1" / "model" / "README.md").read_text()
+    assert "(200 resamples, seed 0)" in card and "1,000 resamples" not in card
 
 
 def test_second_run_reuses_the_cache_without_backbone_forward(trained, monkeypatch):
@@ -152,6 +158,20 @@ def test_augment_mode_and_label_fraction(trained, workspace):
         "--label_fraction", "0.1", "--learning_rates", "1e-3", "--selection_epochs", "1", "--num_epochs", "1"])
     assert results["num_train_images"] == math.ceil(0.1 * workspace[1]["train"].num_rows) and "train" not in results["feature_cache"]
     assert results["feature_cache"]["validation"]["reused"] is True  # evaluation features are cached in both modes
+
+
+def test_corrupt_training_image_is_named_by_its_path(trained, workspace, tmp_path):
+    root, _ = trained
+    splits = workspace[1].cast_column("image", Image(decode=False))
+    train = splits["train"]
+    images = list(train["image"])
+    images[3] = {"bytes": b"not an image", "path": "patient00042_view1_frontal.png"}
+    splits["train"] = train.remove_columns("image").add_column("image", images).cast_column("image", Image(decode=False))
+    splits.save_to_disk(tmp_path / "corrupt")
+    args = common_args(root, "run6", ["Edema"], "augment", n_bootstrap=0)
+    args[args.index("--dataset") + 1] = str(tmp_path / "corrupt")
+    with pytest.raises(ValueError, match=r"train image \(path .patient00042_view1_frontal.png.\): not a readable image"):
+        main(args + ["--learning_rates", "1e-3", "--selection_epochs", "1", "--num_epochs", "1"])
 
 
 def test_config_files_parse_and_unknown_keys_fail(tmp_path):

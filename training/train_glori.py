@@ -41,6 +41,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from cxrfm.evaluation import format_table, multilabel_metrics
 from cxrfm.hub import resolve_model_path
+from cxrfm.model_cards import write_results_and_card
 from cxrfm.modeling.chexfound import CheXFoundConfig, CheXFoundModel
 from cxrfm.modeling.chexfound.configuration_chexfound import CHEXFOUND_PRESETS
 from cxrfm.modeling.chexfound.modeling_glori import GLoRIForMultiLabel, masked_multilabel_bce_loss
@@ -155,7 +156,8 @@ def load_splits(args: GLoRIArguments) -> DatasetDict:
 
 
 class ImageSources(Dataset):
-    """Row -> the image's bytes or path (what `CXRImageProcessor` reads)."""
+    """Row -> the undecoded image dict {"bytes", "path"} (what `CXRImageProcessor` and `load_cxr_image` read), so
+    that a file that fails to decode is named by its path in the error, not only by its size in bytes."""
 
     def __init__(self, split):
         self.split = split.select_columns(["image"])
@@ -165,7 +167,7 @@ class ImageSources(Dataset):
 
     def __getitem__(self, index: int):
         image = self.split[int(index)]["image"]
-        return image["bytes"] if image["bytes"] is not None else image["path"]
+        return {"bytes": image["bytes"], "path": image["path"]}
 
 
 class GLoRITrainTransform:
@@ -178,7 +180,8 @@ class GLoRITrainTransform:
         self.scale, self.ratio = (scale_min, 1.0), (3 / 4, 4 / 3)
 
     def __call__(self, source, generator: torch.Generator) -> torch.Tensor:
-        image = torch.from_numpy(load_cxr_image(source))[None, None]
+        # load_cxr_image appends the dict's "(path ...)", so a corrupt file is named in the error.
+        image = torch.from_numpy(load_cxr_image(source, name="train image"))[None, None]
         top, left, height, width = sample_resized_crop(*image.shape[-2:], self.scale, self.ratio, generator)
         image = resize_grey(image[..., top : top + height, left : left + width], self.size, self.image_processor.resample)
         if torch.rand((), generator=generator) < 0.5:
@@ -437,6 +440,12 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         (output_dir / "results.json").write_text(json.dumps(results, indent=1, default=list))
         save_classification_pipeline(model, processor, output_dir / "model")
+        # The published folder carries its own results and card (issue 10), evaluated on args.dataset.
+        base_model = None if args.backbone in CHEXFOUND_PRESETS else args.backbone
+        write_results_and_card(output_dir / "model", "glori", {**results, "dataset": str(args.dataset)},
+                               training_data=f"{args.dataset} ({train_split} + {val_split} splits, label fraction "
+                                             f"{args.label_fraction}); frozen backbone {args.backbone}.",
+                               base_model=base_model)
         table = results.get("test", validation_metrics)
         accelerator.print("\n".join(format_table(table)))
     accelerator.end_training()
