@@ -1,5 +1,6 @@
 """finetune_clip --objective cml: presets from YAML, meta-label text, the plateau schedule, tiny runs of both presets."""
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,3 +86,8 @@ def test_tiny_run_of_each_preset(tmp_path, preset):
     if preset == "paper":  # K = 8: the bank reaches 4 K = 32 embeddings after two batches of 16, then triplets
         assert metric[0] == 0.0 and max(metric[2:]) > 0
     assert len(summary["validation_auroc"]) == 2 and all(0 <= score <= 1 for _, score in summary["validation_auroc"])
+    for kept, score in summary["checkpoints"]:  # each kept folder: its results and a CXR-CML card (no bootstrap)
+        results = json.loads((Path(kept) / "results.json").read_text())
+        assert results["validation"]["macro"]["auroc"] == pytest.approx(score)
+        card = (Path(kept) / "README.md").read_text()
+        assert "arXiv:2507.19398" in card and "(0 bootstrap resamples)" in card  # the CXR-CML paper is cited

@@ -106,6 +106,11 @@ def test_tiny_run_with_lora_keeps_best_checkpoints(tmp_path):
     assert type(AutoProcessor.from_pretrained(kept)) is CXRCLIPProcessor
     assert (Path(kept) / "adapter" / "adapter_config.json").is_file()
     assert model.config.relax_positives
+    # The kept folder carries its own validation results and card; the selection used no bootstrap, and says so.
+    results = json.loads((Path(kept) / "results.json").read_text())
+    assert results["validation"]["macro"]["auroc"] == pytest.approx(score) and results["objective"] == "slip"
+    card = (Path(kept) / "README.md").read_text()
+    assert "(0 bootstrap resamples)" in card and "arXiv:2507.19398" not in card  # not cited as a CML model
 
 
 def reference_clip_loss(image_embeds, text_embeds, temperature, threshold, alpha) -> float:

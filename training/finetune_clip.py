@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPConfig, get_c
 
 from ..evaluation.metrics import multilabel_metrics
 from ..evaluation.zero_shot import ensemble_probabilities
+from ..model_cards import write_results_and_card
 from ..modeling.relaxed_clip import RelaxedCLIPConfig, RelaxedCLIPModel, clip_loss, slip_loss, uniclip_loss
 from ..modeling.relaxed_clip.pipeline_cxr_zero_shot_classification import (
     CHEXZERO_TEMPLATES,
@@ -332,6 +333,21 @@ class BestCheckpoints:
         self.kept = state["kept"]
 
 
+def write_cards(args: FinetuneCLIPArguments, best: BestCheckpoints, targets: np.ndarray, summary: dict) -> None:
+    """results.json and the model card in every kept checkpoint folder: its own zero-shot validation metrics (the
+    point estimates the selection used, no bootstrap) and the run's facts."""
+    family = "cml" if args.objective == "cml" else "relaxed_clip"
+    for rank, (score, path, probabilities) in enumerate(best.kept, start=1):
+        results = {
+            "dataset": str(args.dataset), "validation_split": "validation", "label_names": list(args.validation_labels),
+            "validation": multilabel_metrics(targets, probabilities, label_names=args.validation_labels, n_bootstrap=0),
+            "checkpoint": Path(path).name, "rank_among_kept": rank, "objective": args.objective,
+            "ensemble_validation_macro_auroc": summary["ensemble_auroc"], "steps": summary["step"],
+        }
+        write_results_and_card(path, family, results, base_model=args.model_name_or_path,
+                               training_data=f"{args.dataset} image-report pairs (objective {args.objective}).")
+
+
 def train(args: FinetuneCLIPArguments) -> dict:
     """Run the recipe; returns the loop's summary (per-step named losses, evaluations) plus the validation AUROC per
     epoch, the kept checkpoints and their ensemble AUROC."""
@@ -412,6 +428,7 @@ def train(args: FinetuneCLIPArguments) -> dict:
         (output_dir / "selection.json").write_text(json.dumps(
             {key: summary[key] for key in ("validation_auroc", "checkpoints", "ensemble_auroc")}, indent=2))
         logger.info("kept %s; ensemble validation AUROC = %.4f", summary["checkpoints"], summary["ensemble_auroc"])
+        write_cards(args, best, targets, summary)
     accelerator.end_training()
     return summary
 
