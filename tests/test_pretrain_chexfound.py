@@ -1,5 +1,6 @@
 """CheXFound pretraining recipe: exact resume, export, resolution stages, continuation from released layouts."""
 
+import json
 
 import pytest
 import torch
@@ -46,6 +47,12 @@ def test_export_is_a_model_folder_with_heads_and_next_stage_starts_from_it(tmp_p
     assert heads["dino_head.last_layer.weight_v"].shape == (256, 32)
     assert heads["ibot_head.mlp.0.weight"].shape == (64, 32)
     assert check_folder(export) == []  # the family contract: loads and runs where cxrfm is not installed
+    # results.json and the card: the training summary (no evaluation, so no metrics table and no bootstrap)
+    results = json.loads((export / "results.json").read_text())
+    assert results["steps"] == 2 and results["num_images"] == 64  # the train split of 80 phantom images
+    assert results["final_loss"] == pytest.approx(summary["history"][-1]["loss"])
+    card = (export / "README.md").read_text()
+    assert "final_loss" in card and "bootstrap" not in card and "AUROC" not in card
 
     # next resolution stage (48 px): official re-initialised pos-embed, or interpolated by option
     for mode in ("reinit", "interpolate"):

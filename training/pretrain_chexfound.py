@@ -28,6 +28,7 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
+from ..model_cards import write_results_and_card
 from ..modeling.chexfound import CheXFoundConfig, CheXFoundModel
 from ..modeling.chexfound.modeling_chexfound import interpolate_patch_pos_embed
 from ..processing.augment_cxr import BLUR_PROBABILITIES_AS_INTENDED, BLUR_PROBABILITIES_AS_RUN, MultiCropAugmentation
@@ -246,6 +247,19 @@ def export_teacher(teacher: SSLNetwork, objective: DINOiBOTObjective, out_dir: P
     return out_dir
 
 
+def training_results(args: PretrainArguments, summary: dict, num_images: int) -> dict:
+    """The exported folder's results.json: the run's facts and the first / last logged loss terms (pretraining has
+    no labelled evaluation, so the card lists no metrics)."""
+    history = summary["history"]
+    results = {"dataset": str(args.dataset), "num_images": num_images, "global_batch_size": args.batch_size,
+               "global_crops_size": args.global_crops_size, "steps": summary["step"],
+               "resumed_from": summary["resumed_from"], "init_from": args.init_from}
+    if history:
+        results.update({f"first_{key}": value for key, value in history[0].items() if key != "step"})
+        results.update({f"final_{key}": value for key, value in history[-1].items() if key != "step"})
+    return results
+
+
 # main ----------------------------------------------------------------------------------------------------------
 def train(args: PretrainArguments) -> dict:
     accelerator = build_accelerator(args)
@@ -291,6 +305,10 @@ def train(args: PretrainArguments) -> dict:
     summary = loop.run()
     if args.export and accelerator.is_main_process:
         summary["export_dir"] = str(export_teacher(teacher, objective, Path(args.output_dir) / "teacher", args))
+        write_results_and_card(summary["export_dir"], "chexfound", training_results(args, summary, len(dataset)),
+                               base_model=args.init_from,
+                               training_data=f"{args.dataset}: {len(dataset):,} images, self-supervised (DINOv2 + iBOT)"
+                                             f" at {args.global_crops_size} px, {summary['step']:,} steps.")
     accelerator.wait_for_everyone()
     summary["teacher"] = teacher
     return summary
