@@ -90,8 +90,8 @@ class NoisyRegression(Objective):
         self.steps_seen = state["steps_seen"]
 
 
-def run_toy(output_dir, max_steps=None, crash_at=None, accumulation=1, num_epochs=3):
-    args = ToyArguments(output_dir=str(output_dir), task="regress", batch_size=8, num_epochs=num_epochs,
+def run_toy(output_dir, max_steps=None, crash_at=None, accumulation=1, num_epochs=3, resume=True):
+    args = ToyArguments(output_dir=str(output_dir), task="regress", batch_size=8, num_epochs=num_epochs, resume=resume,
                         max_steps=max_steps, gradient_accumulation_steps=accumulation, learning_rate=0.05,
                         logging_steps=3, checkpointing_steps=2, checkpoints_total_limit=2, warmup_steps=2)
     accelerator = build_accelerator(args)
@@ -153,6 +153,17 @@ def test_a_finished_run_resumes_to_its_end_without_training(tmp_path):
     again, objective, _ = run_toy(tmp_path / "run", max_steps=3)  # the final state was saved at step 3
     assert again["step"] == 3 and again["history"] == [] and again["resumed_from"].endswith("checkpoint_1")
     assert objective.steps_seen == 3
+
+
+def test_resume_false_in_a_used_output_dir_starts_fresh_and_numbers_after_the_old_checkpoints(tmp_path):
+    first, _, _ = run_toy(tmp_path / "run", max_steps=3)  # checkpoint_0 (step 2), checkpoint_1 (final, step 3)
+    fresh, objective, loop = run_toy(tmp_path / "run", max_steps=3, resume=False)
+    assert fresh["resumed_from"] is None and objective.steps_seen == 3
+    assert fresh["history"] == first["history"]  # from step 0 with the same seed: the same run again
+    # accelerate refuses to overwrite checkpoint_0/1: the new ones follow them and rotate the old ones out
+    assert sorted(p.name for p in loop.checkpoint_root.iterdir()) == ["checkpoint_2", "checkpoint_3"]
+    again, _, _ = run_toy(tmp_path / "run", max_steps=3)
+    assert again["resumed_from"].endswith("checkpoint_3") and again["history"] == []
 
 
 def test_evaluation_runs_on_the_prepared_model_and_is_gathered(tmp_path):

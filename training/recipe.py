@@ -13,7 +13,9 @@ The loop prepares what it is given, steps the optimizer every `gradient_accumula
 objective's hooks, logs the named loss terms, saves the whole state every `checkpointing_steps` optimizer steps
 (model, optimizer, scheduler, RNGs, the loop's counters, the objective's `state_dict()` and every registered extra
 object) and, with `resume`, continues exactly where the latest checkpoint stopped: the epoch's shuffle order is
-drawn again from (seed, epoch) and the batches already seen are skipped.
+drawn again from (seed, epoch) and the batches already seen are skipped. With `resume=False` in an output_dir that
+already has checkpoints, the run starts at step 0 and numbers its checkpoints after the existing ones (nothing is
+deleted up front; `checkpoints_total_limit` rotates the old ones out), so a later resume continues this run.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class TrainingArguments:
     logging_steps: int = 10
     checkpointing_steps: int | None = field(default=None, metadata={"help": "save_state every N optimizer steps (and at the end)"})
     checkpoints_total_limit: int | None = 2
-    resume: bool = field(default=True, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    resume: bool = field(default=True, metadata={"help": "continue from the latest checkpoint in output_dir; false "
+                                                 "starts from step 0 and numbers new checkpoints after existing ones"})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (fp32 on CPU: bf16 is ~100x slower)"})
     dataset: str = field(default="phantom", metadata={"help": "loader name or CSV file"})
     data_root: str | None = None
@@ -293,7 +296,16 @@ class TrainingLoop:
     def _resume(self) -> str | None:
         folders = sorted(self.checkpoint_root.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1])) \
             if self.checkpoint_root.is_dir() else []
-        if not (self.args.resume and folders):
+        if not folders:
+            return None
+        if not self.args.resume:
+            # A fresh start in a used output_dir: name the new checkpoints after the existing ones (accelerate refuses
+            # to overwrite a folder), so the newest checkpoint is always this run's and nothing is deleted up front;
+            # the old run's folders go as checkpoints_total_limit rotates them out.
+            self.accelerator.project_configuration.iteration = int(folders[-1].name.split("_")[1]) + 1
+            logger.warning("resume=false: starting from step 0; %d earlier checkpoint(s) in %s are kept and new ones "
+                           "are numbered from checkpoint_%d.", len(folders), self.checkpoint_root,
+                           self.accelerator.project_configuration.iteration)
             return None
         self.accelerator.load_state(str(folders[-1]))
         # load_state does not advance automatic naming: continue after the loaded folder
