@@ -1,6 +1,7 @@
 """MGCA pre-training recipe on the phantom set: both presets train, resume from the latest checkpoint, export a
 folder that loads with its processor; the official schedule details act as configured."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,12 @@ def test_presets_train_resume_and_export(tmp_path, preset):
     processor = MGCAProcessor.from_pretrained(resumed["model_dir"])
     assert model.config.cross_attention == ("learned" if preset == "tiny" else "parameter_free")
     assert processor.clean_text and processor.max_length == 24
+    # results.json and the card in the exported folder: the resumed run's facts (pretraining: no evaluation)
+    results = json.loads((Path(resumed["model_dir"]) / "results.json").read_text())
+    assert results["steps"] == 3 and results["resumed_from"] == resumed["resumed_from"]
+    assert results["final_cpa"] == pytest.approx(resumed["history"][-1]["cpa"])
+    card = (Path(resumed["model_dir"]) / "README.md").read_text()
+    assert "MGCA" in card and "`final_loss`" in card and "bootstrap" not in card
 
 
 def test_official_prototypes_stay_put_in_first_epoch(tmp_path):

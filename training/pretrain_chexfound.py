@@ -36,7 +36,14 @@ from ..processing.datasets import LoaderOptions, load_dataset_by_name, load_phan
 from ..processing.image_processing_cxr import CXRImageProcessor
 from .losses.dino_head import DINOHead
 from .losses.dino_ibot_objective import DINOiBOTObjective, SSLNetwork, SSLSchedules, build_param_groups, make_teacher
-from .recipe import TrainingArguments, TrainingLoop, build_accelerator, parse_args, per_process_batch_size
+from .recipe import (
+    TrainingArguments,
+    TrainingLoop,
+    build_accelerator,
+    parse_args,
+    per_process_batch_size,
+    training_facts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -250,14 +257,8 @@ def export_teacher(teacher: SSLNetwork, objective: DINOiBOTObjective, out_dir: P
 def training_results(args: PretrainArguments, summary: dict, num_images: int) -> dict:
     """The exported folder's results.json: the run's facts and the first / last logged loss terms (pretraining has
     no labelled evaluation, so the card lists no metrics)."""
-    history = summary["history"]
-    results = {"dataset": str(args.dataset), "num_images": num_images, "global_batch_size": args.batch_size,
-               "global_crops_size": args.global_crops_size, "steps": summary["step"],
-               "resumed_from": summary["resumed_from"], "init_from": args.init_from}
-    if history:
-        results.update({f"first_{key}": value for key, value in history[0].items() if key != "step"})
-        results.update({f"final_{key}": value for key, value in history[-1].items() if key != "step"})
-    return results
+    return {"dataset": str(args.dataset), "num_images": num_images, "global_batch_size": args.batch_size,
+            "global_crops_size": args.global_crops_size, "init_from": args.init_from, **training_facts(summary)}
 
 
 # main ----------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer, BertModel, get_cosine_schedule_with_warmup
 
+from ..model_cards import write_results_and_card
 from ..modeling.mgca import MGCAConfig, MGCAModel, MGCAProcessor
 from ..processing.datasets import LoaderOptions, load_dataset_by_name
 from ..processing.image_processing_cxr import CXRImageProcessor
@@ -33,6 +34,7 @@ from .recipe import (
     TrainingLoop,
     build_accelerator,
     per_process_batch_size,
+    training_facts,
 )
 from .recipe import parse_args as parse_recipe_args
 
@@ -216,6 +218,11 @@ def train(args: PretrainMGCAArguments) -> dict:
     if accelerator.is_main_process:
         accelerator.unwrap_model(loop.model).save_pretrained(export, save_function=accelerator.save)
         processor.save_pretrained(export)
+        results = {"dataset": str(args.dataset), "num_pairs": len(train_split), "global_batch_size": args.batch_size,
+                   "model_preset": args.model_preset, **training_facts(summary)}  # pretraining: no evaluation
+        write_results_and_card(export, "mgca", results, base_model=args.model_name_or_path,
+                               training_data=f"{args.dataset}: {len(train_split):,} image-report pairs, "
+                                             f"{summary['step']:,} steps.")
         logger.info("Exported %s", export)
     summary["model_dir"] = str(export)
     accelerator.end_training()

@@ -406,5 +406,16 @@ class TrainingLoop:
         return torch.cat(parts).cpu()
 
 
+def training_facts(summary: dict) -> dict:
+    """Run facts of a `TrainingLoop.run()` summary for a results.json: steps, the checkpoint resumed from, and the
+    first and last logged value of every loss term (`first_loss`, `final_<term>`...)."""
+    facts = {"steps": summary["step"], "resumed_from": summary["resumed_from"]}
+    history = summary["history"]
+    if history:
+        facts.update({f"first_{key}": value for key, value in history[0].items() if key != "step"})
+        facts.update({f"final_{key}": value for key, value in history[-1].items() if key != "step"})
+    return facts
+
+
 __all__ = ["BatchGenerators", "Objective", "TrainingArguments", "TrainingLoop", "build_accelerator",
-           "check_synchronised", "parse_args", "per_process_batch_size"]
+           "check_synchronised", "parse_args", "per_process_batch_size", "training_facts"]
