@@ -8,7 +8,8 @@ images get the paper's weak / strong augmentations, the objective is CLIP, SLIP 
 positives (Eq. 3), and embeddings are gathered over processes with gradients. After every epoch (and after the last
 step) the model is scored on every process by zero-shot macro AUROC over `validation_labels` (the five CheXpert
 competition findings) on the validation split; the best `keep_best_checkpoints` epochs are kept as full model
-folders (+ processor), and their probability ensemble is reported at the end (the paper's checkpoint ensemble).
+folders (+ processor, `results.json` with the folder's validation metrics and its model card), and their
+probability ensemble is reported at the end (the paper's checkpoint ensemble).
 `--lora` trains LoRA adapters on both towers. The loop, checkpoints (`checkpointing_steps`) and exact resume are
 `cxrfm.training.recipe`'s; the collator's generators and the kept-best list are saved with every checkpoint.
 

@@ -12,6 +12,7 @@ teacher is exported to `<output_dir>/teacher`: a `CheXFoundModel.save_pretrained
 `ssl_heads.safetensors` (DINO/iBOT heads under the official names, as `cxrfm convert chexfound` writes), which
 `init_from` of the next resolution stage or of a continued run reads. `init_from` also takes a transformers
 `Dinov2Model` folder (RAD-DINO layout), converted in memory.
+The teacher folder also gets `results.json` (the run's facts and first / last loss terms) and its model card.
 
 YAML keys and CLI flags are the fields of `PretrainArguments`; unknown keys are errors.
 """

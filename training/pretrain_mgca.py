@@ -10,7 +10,8 @@ with the config's lambdas). Schedule (Sec. 4.1): AdamW on every parameter, linea
 details are MGCAConfig fields applied by `MGCAObjective`: CPA from `cpa_start_epoch` (official 0) and prototype
 gradients zeroed during the first `freeze_prototypes_epochs` epochs (official 1); prototype re-normalisation at
 every forward (`renormalize_prototypes`) happens in the model. The model is exported with `save_pretrained`
-and its `MGCAProcessor` at the end; a rerun with the same `output_dir` resumes from the latest checkpoint.
+and its `MGCAProcessor` at the end (+ `results.json` with the run's facts and its model card `README.md`); a rerun
+with the same `output_dir` resumes from the latest checkpoint.
 """
 
 import json

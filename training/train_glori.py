@@ -10,7 +10,8 @@ Protocol (paper §IV-B2; official `eval/classification/linear_glori.py`, referen
 2. stage 2 ("retrain", `retrain_on_train_val`): that head, warm-started from its stage-1 weights (as the official
    stage 2 does), is trained again on TRAIN + VALIDATION with a fresh optimizer and schedule;
 3. validation (stage-1 head) and test (final head) metrics with bootstrap CIs go to `results.json`; backbone + head
-   + image processor (+ the `cxr-classification` pipeline code) are saved to `<output_dir>/model`.
+   + image processor (+ the `cxr-classification` pipeline code) are saved to `<output_dir>/model`, with the same
+   `results.json` and its model card (`README.md`, `cxrfm.model_cards`).
 
 Feature modes. `augment` is the official protocol and what the paper's numbers need: each training image is
 random-resized-cropped (scale 0.75-1) and flipped, min-max rescaled and normalised, and the frozen backbone
