@@ -4,6 +4,9 @@ ZeRO-2 and ZeRO-3, FSDP2. Each launch (`accelerate launch --config_file <shipped
 batch as a 1-process run in the test process; the per-step losses, the gathered evaluation and the final weights
 must equal the 1-process run's. CPU workarounds (../shared/reference/environment.md §2-3): gloo via
 `build_accelerator`, ACCELERATE_USE_CPU for DDP, DS_ACCELERATOR=cpu and DeepSpeed's shm-comm JIT build skipped.
+A real recipe, `train_glori` (tiny random backbone, cached features, phantom set), is launched the same way under
+DDP, ZeRO-2 and ZeRO-3 and compared with its 1-process run: per-step losses of both stages and the gathered
+validation/test metrics.
 """
 
 import json
@@ -72,15 +75,33 @@ def toy_run(output_dir: str) -> dict:
     }
 
 
+def glori_run(output_dir: str) -> dict:
+    """train_glori's tiny config (random tiny backbone, cached features, phantom set of 80 images) at global batch 16:
+    a 2-rate grid for 3 steps, then the best head warm-started on train + validation for 3 steps. Dropout is 0 (each
+    process would draw its own masks) and gradients are clipped at 3.0 as the DeepSpeed configs' gradient_clipping."""
+    from accelerate.state import PartialState
+
+    from cxrfm.training.train_glori import main
+
+    results = main(["--config", str(ROOT / "training" / "configs" / "glori_tiny.yaml"), "--output_dir", output_dir,
+                    "--phantom_num_images", "80", "--batch_size", "16", "--learning_rates", "1e-3", "1e-2",
+                    "--max_steps", "3", "--dropout", "0", "--max_grad_norm", "3.0", "--n_bootstrap", "0"])
+    state = PartialState()
+    return {"num_processes": state.num_processes, "history": results["history"], "selection": results["selection"],
+            "test_auroc": results["test"]["macro"]["auroc"], "is_main": state.is_main_process}
+
+
+RUNS = {"toy": toy_run, "glori": glori_run}
+
 if __name__ == "__main__":
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
         import deepspeed.ops
 
         # Skip the ~90 s first-run JIT build of DeepSpeed's shared-memory collectives; gloo carries them on CPU.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    result = toy_run(sys.argv[1])
+    result = RUNS[sys.argv[1]](sys.argv[2])
     if result.pop("is_main"):
-        Path(sys.argv[2]).write_text(json.dumps(result))
+        Path(sys.argv[3]).write_text(json.dumps(result))
     sys.exit(0)
 
 import pytest  # noqa: E402  (not needed by the launched script above)
@@ -92,6 +113,7 @@ ENGINES = {
     "zero3": ("deepspeed_zero3.yaml", {}, "DistributedType.DEEPSPEED"),
     "fsdp2": ("fsdp2.yaml", {}, None),  # refused on CPU: accelerate applies FSDP to GPU process groups only
 }
+GLORI_ENGINES = ("ddp", "zero2", "zero3")
 
 
 @pytest.fixture(scope="module")
@@ -99,20 +121,24 @@ def launches(tmp_path_factory):
     """All launches at once (their start-up is mostly imports), then the 1-process reference in this process."""
     root = tmp_path_factory.mktemp("engines")
     started, running = time.perf_counter(), {}
-    for engine, (config, extra_env, _) in ENGINES.items():
+    launches = [(run, engine) for run in RUNS for engine in ENGINES if run == "toy" or engine in GLORI_ENGINES]
+    for run, engine in launches:
+        config, extra_env, _ = ENGINES[engine]
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra_env}
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
                    "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
-                   __file__, str(root / engine), str(root / f"{engine}.json")]
-        running[engine] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    reference = toy_run(str(root / "one"))
+                   __file__, run, str(root / f"{run}_{engine}"), str(root / f"{run}_{engine}.json")]
+        running[run, engine] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                text=True)
+    reference = {run: RUNS[run](str(root / f"{run}_one")) for run in RUNS}
     results = {}
-    for engine, process in running.items():
+    for (run, engine), process in running.items():
         _, stderr = process.communicate(timeout=300)
-        result_file = root / f"{engine}.json"
-        results[engine] = (process.returncode, stderr, json.loads(result_file.read_text()) if result_file.exists() else None)
+        result_file = root / f"{run}_{engine}.json"
+        results[run, engine] = (process.returncode, stderr,
+                                json.loads(result_file.read_text()) if result_file.exists() else None)
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"4 launches in parallel: {time.perf_counter() - started:.1f} s wall, "
+    print(f"{len(launches)} launches in parallel: {time.perf_counter() - started:.1f} s wall, "
           f"{cpu.ru_utime + cpu.ru_stime:.1f} s CPU in the launched processes")
     return reference, results
 
@@ -120,8 +146,8 @@ def launches(tmp_path_factory):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
 def test_two_processes_equal_one(engine, launches):
-    single_process, results = launches
-    returncode, stderr, result = results[engine]
+    single_process, results = launches[0]["toy"], launches[1]
+    returncode, stderr, result = results["toy", engine]
     assert returncode == 0, stderr[-4000:]
     assert (result["distributed_type"], result["num_processes"]) == (ENGINES[engine][2], 2)
     assert [r["step"] for r in result["history"]] == list(range(1, STEPS + 1))
@@ -147,6 +173,31 @@ def test_two_processes_equal_one(engine, launches):
 def test_fsdp2_config_on_cpu_is_refused_not_run_unsynchronised(launches):
     """accelerate 1.15 turns the FSDP config on a GPU-less machine into 2 independent DistributedType.NO processes
     (measured: no gradient sync, both ranks writing checkpoint_0); build_accelerator stops that launch."""
-    returncode, stderr, result = launches[1]["fsdp2"]
+    returncode, stderr, result = launches[1]["toy", "fsdp2"]
     assert returncode != 0 and result is None
     assert "processes were launched but Accelerate runs them unsynchronised" in stderr
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("engine", GLORI_ENGINES)
+def test_glori_recipe_on_two_processes_equals_one(engine, launches):
+    """train_glori's BCE is summed over the images of a process (as the official code), and the processes' losses
+    are averaged: with the same global batch a 2-process step logs half the 1-process loss, and the gradient is half
+    the 1-process one. AdamW's step does not change (up to eps) when every gradient is scaled by the same factor, so
+    twice every logged 2-process loss, and the gathered validation/test metrics, must equal the 1-process run's."""
+    single_process, results = launches[0]["glori"], launches[1]
+    returncode, stderr, result = results["glori", engine]
+    assert returncode == 0, stderr[-4000:]
+    assert result["num_processes"] == 2 and single_process["num_processes"] == 1
+    deviation = 0.0
+    for stage in ("stage1", "stage2"):  # stage 2 warm-starts from the head gathered out of stage 1 (ZeRO-3: sharded)
+        assert [r["step"] for r in result["history"][stage]] == [1, 2, 3]
+        for two, one in zip(result["history"][stage], single_process["history"][stage]):
+            deviation = max(deviation, abs(2 * two["bce"] - one["bce"]) / one["bce"])
+            assert 2 * two["bce"] == pytest.approx(one["bce"], rel=1e-5), (engine, stage, two["step"])
+    print(f"glori {engine}: largest relative difference of 2 x the 2-process loss to 1 process: {deviation:.1e}")
+    assert single_process["history"]["stage1"][-1]["bce"] < 0.8 * single_process["history"]["stage1"][0]["bce"]
+    assert result["selection"]["best_learning_rate"] == single_process["selection"]["best_learning_rate"]
+    for rate, auroc in single_process["selection"]["per_learning_rate"].items():
+        assert result["selection"]["per_learning_rate"][rate] == pytest.approx(auroc, abs=1e-6)
+    assert result["test_auroc"] == pytest.approx(single_process["test_auroc"], abs=1e-6)

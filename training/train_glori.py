@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from datasets import DatasetDict, Image, load_from_disk
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -286,6 +286,9 @@ def train_heads(args: GLoRIArguments, model, grid: HeadGrid, learning_rates, dat
     `checkpointing_steps` into `stage_dir/checkpoints/checkpoint_<i>`, resumed exactly from the latest. Returns the
     finished loop (its prepared grid predicts on every process) and its summary."""
     stage_args = dataclasses.replace(args, num_epochs=epochs)
+    # The loop trains a copy: ZeRO-3 partitions the modules it prepares in place (empty parameter placeholders), and
+    # `grid` must stay whole to receive the trained weights (`trained_grid`) and warm-start stage 2.
+    grid = copy.deepcopy(grid)
     accelerator = build_accelerator(stage_args, project_dir=str(stage_dir))  # one checkpoint folder per stage
     loader = DataLoader(dataset, batch_size=args.batch_size // accelerator.num_processes, shuffle=True,
                         num_workers=args.num_workers)
@@ -310,9 +313,16 @@ def predict(loop: TrainingLoop, model: GLoRIForMultiLabel, dataset, batch_size: 
 
 
 def trained_grid(loop: TrainingLoop, grid: HeadGrid) -> HeadGrid:
-    """`grid` (the module given to the loop) holding the trained weights, gathered from the prepared one (a
-    collective: sharded under ZeRO-3)."""
-    grid.load_state_dict(loop.accelerator.get_state_dict(loop.model, unwrap=True))
+    """`grid` (the module given to `train_heads`, whose loop trained a copy) holding the trained weights, gathered
+    from the prepared one (a collective: sharded under ZeRO-3)."""
+    accelerator = loop.accelerator
+    state = accelerator.get_state_dict(loop.model, unwrap=True)
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed and accelerator.deepspeed_config["zero_optimization"]["stage"] == 3:
+        # ZeRO-3 consolidates the shards on the main process only; every process needs them (stage 2 warm-starts
+        # from this grid on each process).
+        [state] = broadcast_object_list([state], from_process=0)
+    grid.load_state_dict(state)
     return grid
 
 
