@@ -27,33 +27,13 @@ from ..modeling.relaxed_clip.pipeline_cxr_zero_shot_classification import (
     pair_softmax_probabilities,
     prompt_pairs,
 )
-from ..processing.labels import CHEXPERT_5, CHEXPERT_13, CXR_LT_40, VINDR_20
+from ..processing.labels import PADCHEST_61, get_label_set
 from .metrics import multilabel_metrics
 
-# relaxed-CLIP Table 7: the 61 PadChest findings with more than 100 positives in the test set.
-PADCHEST_61: tuple[str, ...] = (
-    "Air Trapping", "Alveolar Pattern", "Aortic Atheromatosis", "Aortic Button Enlargement", "Aortic Elongation",
-    "Apical Pleural Thickening", "Atelectasis", "Bronchiectasis", "Bronchovascular Markings", "Bullas",
-    "Calcified Densities", "Calcified Granuloma", "Callus Rib Fracture", "Cardiomegaly", "Consolidation",
-    "Copd Signs", "Costophrenic Angle Blunting", "Descendent Aortic Elongation", "Diaphragmatic Eventration",
-    "Dual Chamber Device", "Emphysema", "Fibrotic Band", "Flattened Diaphragm", "Goiter", "Granuloma",
-    "Gynecomastia", "Heart Insufficiency", "Hemidiaphragm Elevation", "Hiatal Hernia", "Hilar Congestion",
-    "Hilar Enlargement", "Hyperinflated Lung", "Increased Density", "Infiltrates", "Interstitial Pattern",
-    "Kyphosis", "Laminar Atelectasis", "Mammary Prosthesis", "Metal", "Nipple Shadow", "Nodule", "Osteopenia",
-    "Osteosynthesis Material", "Pacemaker", "Pleural Effusion", "Pleural Thickening", "Pneumonia", "Pseudonodule",
-    "Pulmonary Mass", "Sclerotic Bone Lesion", "Scoliosis", "Single Chamber Device", "Sternotomy",
-    "Supra Aortic Elongation", "Suture Material", "Tracheal Shift", "Tuberculosis Sequelae",
-    "Vascular Hilar Enlargement", "Vertebral Anterior Compression", "Vertebral Degenerative Changes", "Volume Loss",
-)
-
-# Label sets of the paper's zero-shot evaluation (Table 7) and of CXR-LT 2024.
+# Label sets of the paper's zero-shot evaluation (Table 7) and of CXR-LT 2024, from the one label registry.
 ZERO_SHOT_LABEL_SETS: dict[str, tuple[str, ...]] = {
-    "chexpert-13": CHEXPERT_13,
-    "chexpert-5": CHEXPERT_5,
-    "openi-13": CHEXPERT_13,
-    "padchest-61": PADCHEST_61,
-    "vindr-20": VINDR_20,
-    "cxr-lt-40": CXR_LT_40,
+    name: get_label_set(name)
+    for name in ("chexpert-13", "chexpert-5", "openi-13", "padchest-61", "vindr-20", "cxr-lt-40")
 }
 
 
