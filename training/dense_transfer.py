@@ -25,6 +25,7 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 
+from cxrfm.evaluation.metrics import bootstrap_indices, percentile_interval
 from cxrfm.processing.augment_dense import DenseAugmentation, DenseSample, resize_sample
 from cxrfm.processing.image_processing_cxr import load_cxr_image
 
@@ -317,18 +318,13 @@ def cache_encoder_features(encoder: FrozenEncoder, dataset: DenseTransferDataset
 
 
 def bootstrap_interval(statistic, num_items: int, n_bootstrap: int, seed: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of `statistic(indices)` over items resampled with replacement (numpy Generator;
-    NaN resamples, e.g. without any positive pixel, are skipped)."""
+    """Percentile bootstrap CI of `statistic(indices)` over items resampled with replacement, with the resamples and
+    interval rule of `multilabel_metrics` (NaN resamples, e.g. without any positive pixel, are skipped)."""
     if n_bootstrap <= 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, num_items, num_items)) for _ in range(n_bootstrap)], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    values = np.array([statistic(bootstrap_indices(num_items, seed, b)) for b in range(n_bootstrap)], dtype=np.float64)
+    interval = percentile_interval(values, confidence)
+    return interval if interval is not None else (math.nan, math.nan)
 
 
 def format_results_table(title: str, rows: list[tuple[str, float, float, float]]) -> str:
