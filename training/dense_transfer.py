@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrfm.evaluation.metrics import bootstrap_indices, percentile_interval
 from cxrfm.processing.augment_dense import DenseAugmentation, DenseSample, resize_sample
-from cxrfm.processing.image_processing_cxr import load_cxr_image
+from cxrfm.processing.image_processing_cxr import load_cxr_image, minmax_rescale
 
 from .dense_encoders import FrozenEncoder, load_frozen_encoder
 from .recipe import Objective, TrainingArguments, build_accelerator, per_process_batch_size
@@ -212,12 +212,10 @@ def row_to_sample(row: dict, label_indices: Sequence[int], name: str) -> DenseSa
     )
 
 
-def normalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(1, H, W) in [0, 1] -> (3, H, W): per-image min-max rescale, grey copied to 3 channels, (x - mean) / std."""
-    low, high = image.amin(), image.amax()
-    if high <= low:
-        raise ValueError("a constant image cannot be min-max rescaled.")
-    scaled = ((image - low) / (high - low)).expand(len(mean), -1, -1)
+def normalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float], name: str = "image") -> torch.Tensor:
+    """(1, H, W) in [0, 1] -> (3, H, W): the image processor's per-image `minmax_rescale`, grey copied to 3 channels,
+    (x - mean) / std."""
+    scaled = minmax_rescale(image, name).expand(len(mean), -1, -1)
     return (scaled - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
 
 
@@ -261,7 +259,7 @@ class DenseTransferDataset(Dataset):
             generator = torch.Generator().manual_seed(seed)
             sample = self.augmentation(sample, generator)
         return {
-            "pixel_values": normalise(sample.image, self.mean, self.std),
+            "pixel_values": normalise(sample.image, self.mean, self.std, f"{self.split_name}[{self.indices[position]}]"),
             "masks": sample.masks.float(),
             "boxes": sample.boxes,
             "box_labels": sample.box_labels,
