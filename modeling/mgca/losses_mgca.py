@@ -41,7 +41,8 @@ def cross_attention_parameter_free(
     """Parameter-free form of Eq. 4 run by the official code: alpha = softmax_k(q_j . k_k / temperature),
     o_j = sum_k alpha_jk k_k. queries (B, Q, d), keys (B, K, d), key_mask (B, K) True = usable key.
     Returns (o (B, Q, d), alpha (B, Q, K))."""
-    scores = torch.bmm(queries, keys.transpose(1, 2)) / temperature
+    # 1/temperature scales the (B, Q, d) queries, not the (B, Q, K) scores: fewer elements to divide
+    scores = torch.bmm(queries / temperature, keys.transpose(1, 2))
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
     alpha = scores.softmax(dim=-1)
@@ -82,18 +83,16 @@ def token_alignment_loss(
     token_average: divide by the number of valid tokens S (Eq. 5 as printed); `False` = official (weights sum to
     one, no 1/S).
     """
-    similarity = torch.bmm(tokens, attended.transpose(1, 2)) / temperature  # (B, T, T): [b, j, k] = r_j . o_k
-    if negatives_mask is not None:
-        # a masked column k is no candidate for any row; the diagonal of a masked row has weight 0 anyway
-        column_mask = ~negatives_mask[:, None, :]
-        similarity_rows = similarity.masked_fill(column_mask, float("-inf"))
-        similarity_cols = similarity.transpose(1, 2).masked_fill(column_mask, float("-inf"))
-    else:
-        similarity_rows, similarity_cols = similarity, similarity.transpose(1, 2)
+    similarity = torch.bmm(tokens / temperature, attended.transpose(1, 2))  # (B, T, T): [b, j, k] = r_j . o_k
     diagonal = torch.diagonal(similarity, dim1=1, dim2=2)  # (B, T)
-    # -log softmax at the diagonal; masked rows may be all -inf except their own (excluded) diagonal: zero them
-    row_nll = torch.logsumexp(similarity_rows, dim=2) - diagonal
-    col_nll = torch.logsumexp(similarity_cols, dim=2) - diagonal
+    if negatives_mask is not None:
+        # a masked token k is no candidate: column k for the rows (r_j vs o_k), row k for the columns (o_j vs r_k);
+        # the diagonal of a masked token has weight 0 anyway
+        row_nll = torch.logsumexp(similarity.masked_fill(~negatives_mask[:, None, :], float("-inf")), dim=2) - diagonal
+        col_nll = torch.logsumexp(similarity.masked_fill(~negatives_mask[:, :, None], float("-inf")), dim=1) - diagonal
+    else:
+        row_nll = torch.logsumexp(similarity, dim=2) - diagonal
+        col_nll = torch.logsumexp(similarity, dim=1) - diagonal
     per_token = (row_nll + col_nll) / 2
     per_token = torch.where(weights > 0, per_token, torch.zeros_like(per_token))
     per_sample = (weights * per_token).sum(dim=1)
