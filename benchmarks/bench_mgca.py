@@ -14,7 +14,9 @@ steps/s on CPU.
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +25,9 @@ import torch.nn.functional as F
 from cxrfm.modeling.mgca import (
     clip_token_weights, cross_attention_parameter_free, merge_word_pieces, token_alignment_loss, word_slots,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loops the tests check against
+from mgca_official_reference import official_aggregate_tokens, official_clip_weights, official_cta_direction  # noqa: E402
 
 BATCH, LENGTH, PATCHES, HIDDEN, DIM = 144, 112, 196, 768, 128
 
@@ -86,67 +91,24 @@ def batched(inputs):
     return words, word_weights, word_loss + patch_loss
 
 
-def official_direction(tokens, attended, weights, temperature=0.1):
-    batch, length, _ = tokens.shape
-    sim = torch.bmm(tokens, attended.permute(0, 2, 1)) / temperature
-    targets = torch.arange(length).repeat(batch)
-    rows = (F.cross_entropy(sim.reshape(-1, length), targets, reduction="none") * weights.reshape(-1)).sum() / batch
-    cols = (F.cross_entropy(sim.permute(0, 2, 1).reshape(-1, length), targets, reduction="none") * weights.reshape(-1)).sum() / batch
-    return (rows + cols) / 2
-
-
-def clip_loop(weights, nonzero_only):
-    out = []
-    for w in weights:
-        w = w.clone()
-        index = w.nonzero().squeeze() if nonzero_only else torch.arange(len(w))
-        low, high = torch.quantile(w[index], 0.1), torch.quantile(w[index], 0.9)
-        w[index] = w[index].clip(low, high)
-        out.append(w)
-    out = torch.stack(out)
-    return out / out.sum(dim=1, keepdim=True)
-
-
 def loop_prepare(inputs):
     """The official code's structure: merge per caption token by token, quantiles per sample."""
-    tokens, _, _, hidden, cls_attention, patches, patch_attention = inputs
-    all_words, all_weights, masks = [], [], []
-    for b in range(BATCH):
-        words, weights, bank, bank_weights = [], [], [], []
-        for token, state, weight in zip(tokens[b], hidden[b], cls_attention[b, 1:]):
-            if token == "[SEP]":
-                words += [torch.stack(bank).sum(0), state]
-                weights += [sum(bank_weights), weight]
-                break
-            if token.startswith("##"):
-                bank.append(state)
-                bank_weights.append(weight)
-                continue
-            if bank:
-                words.append(torch.stack(bank).sum(0))
-                weights.append(sum(bank_weights))
-            bank, bank_weights = [state], [weight]
-        merged = torch.zeros(LENGTH, DIM)
-        merged[: len(words)] = torch.stack(words)
-        merged_weights = torch.zeros(LENGTH)
-        merged_weights[: len(weights)] = torch.stack(weights)
-        mask = torch.zeros(LENGTH, dtype=torch.bool)
-        mask[: len(words)] = True
-        all_words.append(merged[1:])
-        all_weights.append(merged_weights[1:])
-        masks.append(mask[1:])
-    words = F.normalize(torch.stack(all_words), dim=-1)
-    valid = torch.stack(masks)
-    word_weights = clip_loop(torch.stack(all_weights), nonzero_only=True)
-    patch_weights = clip_loop(patch_attention, nonzero_only=False)
+    tokens, _, _, hidden, cls_attention, _, patch_attention = inputs
+    merged = [official_aggregate_tokens(tokens[b], hidden[b], cls_attention[b]) for b in range(BATCH)]
+    words = F.normalize(torch.stack([embeds for embeds, _, _ in merged]), dim=-1)
+    valid = torch.zeros(BATCH, LENGTH - 1, dtype=torch.bool)
+    for b, (_, _, count) in enumerate(merged):
+        valid[b, : count] = True
+    word_weights = official_clip_weights(torch.stack([weights for _, weights, _ in merged]), nonzero_only=True)
+    patch_weights = official_clip_weights(patch_attention, nonzero_only=False)
     return words, word_weights, valid, patch_weights
 
 
 def per_sample_loop(inputs):
     patches = inputs[5]
     words, word_weights, valid, patch_weights = loop_prepare(inputs)
-    word_loss = official_direction(words, cross_attend(words, patches), word_weights)
-    patch_loss = official_direction(patches, cross_attend(patches, words, key_mask=valid), patch_weights)
+    word_loss = official_cta_direction(words, cross_attend(words, patches), word_weights, 0.1)
+    patch_loss = official_cta_direction(patches, cross_attend(patches, words, key_mask=valid), patch_weights, 0.1)
     return words, word_weights, word_loss + patch_loss
 
 

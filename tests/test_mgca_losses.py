@@ -18,6 +18,7 @@ from cxrfm.modeling.mgca import (
     token_alignment_loss,
     total_loss,
 )
+from mgca_official_reference import official_aggregate_tokens, official_clip_weights, official_cta_direction
 
 
 def softplus(x):
@@ -114,29 +115,6 @@ def test_parameter_free_cross_attention_masks_keys():
 # ---- batched token-wise path == per-sample loops --------------------------------------------------------------
 
 
-def official_cta_direction_loop(tokens, attended, raw_weights, temperature, clip_nonzero_only=True):
-    """Per-sample loop as the official code: quantile-clip each sample's non-zero weights, normalise, weighted CE
-    over rows and over columns, summed and divided by B, mean of the two."""
-    batch, length, _ = tokens.shape
-    weights = []
-    for i in range(batch):
-        w = raw_weights[i].clone()
-        nonzero = w.nonzero().squeeze() if clip_nonzero_only else torch.arange(length)
-        low, high = torch.quantile(w[nonzero], 0.1), torch.quantile(w[nonzero], 0.9)
-        w[nonzero] = w[nonzero].clip(low, high)
-        weights.append(w)
-    weights = torch.stack(weights)
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    sim = torch.bmm(tokens, attended.permute(0, 2, 1)) / temperature
-    targets = torch.arange(length).repeat(batch)
-    rows = (F.cross_entropy(sim.reshape(batch * length, length), targets, reduction="none") * weights.reshape(-1)).sum() / batch
-    cols = (
-        F.cross_entropy(sim.permute(0, 2, 1).reshape(batch * length, length), targets, reduction="none")
-        * weights.reshape(-1)
-    ).sum() / batch
-    return (rows + cols) / 2
-
-
 def test_batched_cta_direction_equals_official_loop():
     generator = torch.Generator().manual_seed(0)
     tokens = F.normalize(torch.randn(5, 9, 8, generator=generator), dim=-1)
@@ -147,36 +125,8 @@ def test_batched_cta_direction_equals_official_loop():
     batched = token_alignment_loss(
         tokens, attended, clip_token_weights(raw, valid, (0.1, 0.9)), 0.1, None, token_average=False
     )
-    torch.testing.assert_close(batched, official_cta_direction_loop(tokens, attended, raw, 0.1), atol=1e-6, rtol=1e-5)
-
-
-def official_aggregate_loop(tokens, hidden, cls_attention):
-    """`aggregate_tokens` of the official encoder for one caption: '##' pieces summed into the previous word,
-    [CLS]/[SEP] their own words, token p paired with the attention of token p + 1 (zip over L - 1 values), stop
-    at [SEP]; zero padded to L; [CLS] dropped."""
-    length, width = hidden.shape
-    words, weights, bank, bank_weights = [], [], [], []
-    for token, state, weight in zip(tokens, hidden, cls_attention[1:]):
-        if token == "[SEP]":
-            words.append(torch.stack(bank).sum(0))
-            weights.append(sum(bank_weights))
-            words.append(state)
-            weights.append(weight)
-            bank = []
-            break
-        if token.startswith("##"):
-            bank.append(state)
-            bank_weights.append(weight)
-            continue
-        if bank:
-            words.append(torch.stack(bank).sum(0))
-            weights.append(sum(bank_weights))
-        bank, bank_weights = [state], [weight]
-    embeds = torch.zeros(length, width)
-    embeds[: len(words)] = torch.stack(words)
-    merged_weights = torch.zeros(length)
-    merged_weights[: len(weights)] = torch.stack(weights)
-    return embeds[1:], merged_weights[1:], len(words) - 1
+    reference = official_cta_direction(tokens, attended, official_clip_weights(raw), 0.1)
+    torch.testing.assert_close(batched, reference, atol=1e-6, rtol=1e-5)
 
 
 def paper_merge_loop(word_ids, hidden, cls_attention):
@@ -221,7 +171,7 @@ def test_batched_word_merge_equals_per_sample_loop(tokenizer, preset):
     for i in range(len(REPORTS)):
         if preset == "tiny-official":
             tokens = tokenizer.convert_ids_to_tokens(encoding["input_ids"][i])
-            ref_embeds, ref_weights, count = official_aggregate_loop(tokens, hidden[i], cls_attention[i])
+            ref_embeds, ref_weights, count = official_aggregate_tokens(tokens, hidden[i], cls_attention[i])
         else:
             ref_embeds, ref_weights, count = paper_merge_loop(word_ids[i], hidden[i], cls_attention[i])
         torch.testing.assert_close(embeds[i], ref_embeds)
