@@ -197,3 +197,40 @@ def test_copied_hub_config_mixin_stays_equal(tmp_path):
 
         RelaxedCLIPConfig.from_preset("tiny").save_pretrained(tmp_path)
         MGCAConfig.from_pretrained(tmp_path)
+
+
+def test_vision_checkpoint_initialises_the_image_encoder(tmp_path):
+    """The official image encoders start from ImageNet weights (DeiT-B's `{"model": ...}` file for the ViT); a
+    checkpoint at another resolution gets its position embeddings resampled, a wrong architecture is refused."""
+    from cxrfm.modeling.mgca.configuration_mgca import TINY_VIT
+
+    source = timm.create_model("vit_base_patch16_224", img_size=16, num_classes=7, **TINY_VIT)  # DeiT-style head
+    checkpoint = tmp_path / "deit_tiny.pth"
+    torch.save({"model": source.state_dict()}, checkpoint)
+    model = MGCAModel(MGCAConfig.from_preset("tiny"))  # 32 px: 4x4 patches where the checkpoint has 2x2
+    before = model.text_model.embeddings.word_embeddings.weight.clone()
+    model.load_vision_checkpoint(checkpoint)
+    vision = model.vision_model.state_dict()
+    assert torch.equal(vision["patch_embed.proj.weight"], source.patch_embed.proj.weight)
+    assert torch.equal(vision["blocks.1.mlp.fc2.weight"], source.blocks[1].mlp.fc2.weight)
+    assert torch.equal(vision["cls_token"], source.cls_token)
+    grid = source.pos_embed[:, 1:].reshape(1, 2, 2, -1).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", antialias=True, align_corners=False)
+    torch.testing.assert_close(vision["pos_embed"][:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 16, -1))
+    assert "head.weight" not in vision
+    assert torch.equal(model.text_model.embeddings.word_embeddings.weight, before)  # the text tower is untouched
+
+    resnet = MGCAModel(MGCAConfig.from_preset("tiny-resnet"))
+    resnet_source = timm.create_model("resnet50", num_classes=1000, **TINY_RESNET)  # torchvision's key layout
+    torch.save(resnet_source.state_dict(), tmp_path / "resnet.pth")
+    resnet.load_vision_checkpoint(tmp_path / "resnet.pth")
+    assert torch.equal(resnet.vision_model.layer3[0].conv2.weight, resnet_source.layer3[0].conv2.weight)
+
+    with pytest.raises(ValueError, match=r"resnet.pth does not fit vit_base_patch16_224 .* missing keys"):
+        model.load_vision_checkpoint(tmp_path / "resnet.pth")
+    wider = timm.create_model("vit_base_patch16_224", img_size=32, num_classes=0, **{**TINY_VIT, "embed_dim": 48})
+    torch.save(wider.state_dict(), tmp_path / "wider.pth")
+    with pytest.raises(RuntimeError, match="size mismatch"):  # same keys, other widths: torch's own check
+        model.load_vision_checkpoint(tmp_path / "wider.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        model.load_vision_checkpoint(tmp_path / "missing.pth")

@@ -9,6 +9,7 @@ batch and over tokens).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -199,12 +200,34 @@ class MGCAPreTrainedModel(PreTrainedModel):
             init.zeros_(module.out_proj.bias)
 
 
-def build_vision_model(config: MGCAConfig) -> nn.Module:
-    """The timm image encoder without a classifier (`num_classes=0`), randomly initialised."""
+def build_vision_model(config: MGCAConfig, checkpoint_file: str | None = None) -> nn.Module:
+    """The timm image encoder without a classifier (`num_classes=0`): randomly initialised, or from a local
+    checkpoint file that timm reads for this architecture (`{"model": ...}` / `{"state_dict": ...}` / plain state
+    dicts, .pth or .safetensors), through timm's own checkpoint filter, which drops the classifier and resamples
+    ViT position embeddings to `config.image_size`."""
     kwargs = dict(config.vision_kwargs)
     if config.is_vit:
         kwargs["img_size"] = config.image_size  # one source of truth for the input side
-    return timm.create_model(config.vision_backbone, pretrained=False, num_classes=0, **kwargs)
+    model = timm.create_model(config.vision_backbone, pretrained=False, num_classes=0, **kwargs)
+    if checkpoint_file is None:
+        return model
+    if not Path(checkpoint_file).is_file():
+        raise FileNotFoundError(f"vision checkpoint {checkpoint_file}: no such file.")
+    # timm's pretrained loading only warns about missing or unexpected keys; a partial initialisation would go
+    # unnoticed, so the key sets are compared first (shapes may differ: position embeddings are resampled).
+    classifier = model.pretrained_cfg.get("classifier")
+    checkpoint_keys = {key for key in timm.models.load_state_dict(str(checkpoint_file)) if key.split(".")[0] != classifier}
+    model_keys = set(model.state_dict())
+    missing, unexpected = sorted(model_keys - checkpoint_keys), sorted(checkpoint_keys - model_keys)
+    if missing or unexpected:
+        raise ValueError(
+            f"vision checkpoint {checkpoint_file} does not fit {config.vision_backbone} with {config.vision_kwargs}: "
+            f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}."
+        )
+    return timm.create_model(
+        config.vision_backbone, pretrained=True, pretrained_cfg_overlay={"file": str(checkpoint_file)}, num_classes=0,
+        **kwargs,
+    )
 
 
 class MGCAModel(MGCAPreTrainedModel):
@@ -245,6 +268,12 @@ class MGCAModel(MGCAPreTrainedModel):
         self.post_init()
 
     # ---- image tower -------------------------------------------------------------------------------------------
+    def load_vision_checkpoint(self, checkpoint_file: str) -> None:
+        """Initialise the image encoder from an ImageNet checkpoint before pre-training, as the official code does
+        (DeiT-B weights for the ViT, ImageNet ResNet-50 for the CNN); see `build_vision_model` for what timm reads.
+        A checkpoint of another architecture is an error naming the missing and unexpected keys."""
+        self.vision_model.load_state_dict(build_vision_model(self.config, checkpoint_file).state_dict(), strict=True)
+
     def _resize_for_resnet(self, pixel_values: torch.Tensor) -> torch.Tensor:
         size = self.config.resnet_upsample_size
         if self.config.is_vit or size is None:
