@@ -91,3 +91,34 @@ def test_tiny_run_of_each_preset(tmp_path, preset):
         assert results["validation"]["macro"]["auroc"] == pytest.approx(score)
         card = (Path(kept) / "README.md").read_text()
         assert "arXiv:2507.19398" in card and "(0 bootstrap resamples)" in card  # the CXR-CML paper is cited
+
+
+@pytest.mark.slow
+def test_interrupted_cml_run_resumes_to_the_same_losses(tmp_path, monkeypatch):
+    """Paper preset, killed at step 5 of 14 (epoch 1 of 2; checkpoints every 2 steps): the rerun restores the
+    memory bank, the mixture's fit counter and the plateau state, refits at the epoch boundary as the uninterrupted
+    run does, and repeats its per-step CLIP and metric losses exactly."""
+    def argv(output):
+        return ["--config", str(CONFIGS / "finetune_clip_cml_tiny.yaml"), "--output_dir", str(tmp_path / output),
+                "--phantom_num_images", "160", "--batch_size", "16", "--num_epochs", "2", "--logging_steps", "1",
+                "--checkpointing_steps", "2", "--validation_labels", "Support Devices", "Pleural Effusion"]
+
+    full = train(parse_args(argv("full")))
+    assert [r["step"] for r in full["history"]] == list(range(1, 15))
+    assert max(r["metric_loss"] for r in full["history"][7:]) > 0  # the refitted mixture gives triplets in epoch 2
+
+    def crash(self, loop, step):
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CMLObjective, "on_step_end", crash, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            train(parse_args(argv("cut")))
+    resumed = train(parse_args(argv("cut")))
+    assert resumed["resumed_from"].endswith("checkpoint_1")  # step 4
+    expected = {r["step"]: r for r in full["history"]}
+    assert [r["step"] for r in resumed["history"]] == list(range(5, 15))
+    for record in resumed["history"]:
+        assert record == expected[record["step"]]
+    assert resumed["validation_auroc"] == full["validation_auroc"]
