@@ -177,3 +177,42 @@ def test_shipped_configs_parse(name):
     assert args.encoder == "enc" and args.target_labels
     with pytest.raises(ValueError, match="encoder"):
         parse_args(arguments_class, ["--config", str(config), "--output_dir", "out"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["segmentation", "detection"])
+def test_interrupted_run_with_augmentation_resumes_to_the_same_losses(protocol, mgca_resnet_folder, tmp_path,
+                                                                      monkeypatch):
+    """Killed at step 7 of 12 (epoch 2 of 3, checkpoints every 2 steps), the rerun restores the epoch the
+    augmentations are drawn from, skips the batches already seen and repeats the uninterrupted per-step losses."""
+    from cxrfm.training.transfer_detection import DetectionObjective
+    from cxrfm.training.transfer_segmentation import SegmentationObjective
+
+    main, objective = {"segmentation": (segmentation_main, SegmentationObjective),
+                       "detection": (detection_main, DetectionObjective)}[protocol]
+    head = ["--decoder_channels", "16", "8", "8", "8", "8"] if protocol == "segmentation" else ["--fpn_channels", "8"]
+
+    def argv(output):
+        return ["--encoder", str(mgca_resnet_folder), "--target_labels", "Cardiomegaly", "--num_epochs", "3",
+                "--phantom_num_images", "40", "--image_size", "64", "--batch_size", "8", "--n_bootstrap", "5",
+                "--checkpointing_steps", "2", "--augment", "true", "--output_dir", str(tmp_path / output), *head]
+
+    main(argv("full"))
+    full = _results(tmp_path / "full")["history"]
+    assert [record["step"] for record in full] == list(range(1, 13))  # 32 training images / 8 = 4 steps per epoch
+
+    def crash(self, loop, step):
+        if step == 7:
+            raise KeyboardInterrupt("simulated kill")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(objective, "on_step_end", crash, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            main(argv("cut"))
+    main(argv("cut"))
+    resumed = _results(tmp_path / "cut")
+    expected = {record["step"]: record for record in full}
+    assert [record["step"] for record in resumed["history"]] == list(range(7, 13))
+    for record in resumed["history"]:
+        assert record == expected[record["step"]]
+    assert resumed["test"] == _results(tmp_path / "full")["test"]
