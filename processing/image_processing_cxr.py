@@ -32,7 +32,9 @@ Two layers:
    (reference/chexfound_dinov2.md §3): resize the shortest edge (aspect kept; bicubic with
    antialiasing, the PIL filter torchvision applies to PIL images) -> centre crop -> per-image
    min-max rescale to [0, 1] -> replicate to ``num_channels`` -> normalise with
-   ``image_mean`` / ``image_std`` (ImageNet by default).
+   ``image_mean`` / ``image_std`` (ImageNet by default). Optionally MGCA's letterbox instead
+   (reference/mgca_chexzero_cml_relaxedclip.md §1c): resize the longest edge, zero-pad (black)
+   centred to a square, then the centre crop.
 
 This file is copied next to saved models as remote code, so it imports only numpy, PIL, torch,
 transformers and (optionally) pydicom.
@@ -87,9 +89,9 @@ _TORCH_RESIZE_MODES = {
     PILImageResampling.BILINEAR: "bilinear",
     PILImageResampling.BICUBIC: "bicubic",
 }
-_ALLOWED_SIZE_KEYS = ({"shortest_edge"}, {"height", "width"})
+_ALLOWED_SIZE_KEYS = ({"shortest_edge"}, {"longest_edge"}, {"height", "width"})
 # ImagesKwargs options that this processor does not implement; setting them is an error.
-_UNSUPPORTED_OPTIONS = ("do_rescale", "do_pad", "do_convert_rgb")
+_UNSUPPORTED_OPTIONS = ("do_rescale", "do_convert_rgb")
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,13 +504,30 @@ class CXRImageProcessor(BaseImageProcessor):
     ``crop_size`` (offsets rounded as torchvision's ``CenterCrop``) -> per-image min-max rescale to
     [0, 1] -> replicate to ``num_channels`` -> ``(x - image_mean) / image_std``.
 
+    Letterbox (MGCA's pre-training ``resize_img``): ``size={"longest_edge": n}, do_pad=True,
+    pad_size=n`` resizes the longer side to ``n`` and the shorter to ``int(short * (n / long))``
+    (the official truncation), then pads with black (0 on the grey scale, so
+    ``-image_mean / image_std`` after normalisation) to ``pad_size``, centred: ``floor`` of the
+    margin before (top / left), ``ceil`` after. The official code downsamples with cv2
+    ``INTER_AREA``; the antialiased ``resample`` filter here stands in for it (both average over
+    the source footprint; values differ slightly). With ``do_pad`` the min-max rescale runs on the
+    resized image BEFORE padding, so the border is exactly black, does not enter the image's
+    range, and the centre crop of the padded square equals the same window of the processor's
+    output with ``do_center_crop=False`` (what a training random crop is cut from). Without
+    ``do_pad`` the order above (crop, then min-max) is unchanged.
+
     Args:
         do_resize (`bool`, defaults to `True`): resize before cropping.
         size (`dict[str, int]` or `int`, defaults to `{"shortest_edge": 512}`): target size; an int or
-            ``{"shortest_edge": n}`` keeps the aspect ratio, ``{"height": h, "width": w}`` does not.
+            ``{"shortest_edge": n}`` keeps the aspect ratio, as does ``{"longest_edge": n}`` (the
+            letterbox resize); ``{"height": h, "width": w}`` does not.
         resample (`PILImageResampling`, defaults to `BICUBIC`): `BICUBIC`, `BILINEAR` (both
             antialiased, as PIL) or `NEAREST`.
-        do_center_crop (`bool`, defaults to `True`): centre crop after resizing.
+        do_pad (`bool`, defaults to `False`): zero-pad (black) the resized image to ``pad_size``,
+            centred, before the centre crop.
+        pad_size (`dict[str, int]` or `int`, *optional*): ``{"height": h, "width": w}`` (an int is a
+            square) padded to; needed with ``do_pad``.
+        do_center_crop (`bool`, defaults to `True`): centre crop after resizing (and padding).
         crop_size (`dict[str, int]` or `int`, defaults to `{"height": 512, "width": 512}`): crop size.
         do_minmax_rescale (`bool`, defaults to `True`): per-image min-max rescale to [0, 1].
         do_normalize (`bool`, defaults to `True`): subtract ``image_mean`` and divide by ``image_std``.
@@ -533,6 +552,8 @@ class CXRImageProcessor(BaseImageProcessor):
     do_resize = True
     size = {"shortest_edge": 512}
     resample = PILImageResampling.BICUBIC
+    do_pad = False
+    pad_size = None
     do_center_crop = True
     crop_size = {"height": 512, "width": 512}
     do_minmax_rescale = True
@@ -553,8 +574,7 @@ class CXRImageProcessor(BaseImageProcessor):
             if kwargs.get(option):
                 raise ValueError(
                     f"CXRImageProcessor does not support {option}=True: intensities are scaled by input type "
-                    "(see load_cxr_image), images are made grey and replicated to num_channels, and every "
-                    "image is cropped to crop_size."
+                    "(see load_cxr_image), and images are made grey and replicated to num_channels."
                 )
         super()._validate_preprocess_kwargs(**kwargs)
         if kwargs.get("num_channels") not in (1, 3):
@@ -573,6 +593,8 @@ class CXRImageProcessor(BaseImageProcessor):
                 )
         if kwargs.get("do_center_crop"):
             _check_size_keys(kwargs["crop_size"], "crop_size", allowed=({"height", "width"},))
+        if kwargs.get("do_pad"):
+            _check_pad_settings(kwargs)
 
     def fetch_images(self, image_url_or_urls):
         """Return the inputs unchanged: :func:`load_cxr_image` reads paths, bytes and DICOM itself at full
@@ -608,6 +630,8 @@ class CXRImageProcessor(BaseImageProcessor):
         resample,
         do_center_crop: bool,
         crop_size,
+        do_pad: bool,
+        pad_size,
         do_minmax_rescale: bool,
         do_normalize: bool,
         image_mean,
@@ -618,9 +642,10 @@ class CXRImageProcessor(BaseImageProcessor):
         """float32 grey (H, W) -> float32 (num_channels, H', W').
 
         The arithmetic is the documented sequence, op for op (so values are bit-identical to applying
-        `resize_grey`, `center_crop_grey`, `minmax_rescale` and `(x - mean) / std` in turn); it only avoids
-        temporaries: one min/max pass of the input serves the constant check and the resize clamp, and the
-        min-max and normalisation steps write into the output tensor in place.
+        `resize_grey`, `center_crop_grey`, `minmax_rescale` and `(x - mean) / std` in turn, with `pad_grey`
+        between the resize and the crop when `do_pad`); it only avoids temporaries: one min/max pass of the
+        input serves the constant check and the resize clamp, and the min-max and normalisation steps write
+        into the output tensor in place.
         """
         image = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]  # (1, 1, H, W)
         value_range = None
@@ -632,11 +657,17 @@ class CXRImageProcessor(BaseImageProcessor):
             _check_not_constant(value_range, name)
         if do_resize:
             image = resize_grey(image, _resize_output_size(image.shape[-2:], size), resample, value_range=value_range)
+        if do_pad:
+            if do_minmax_rescale:
+                # Before padding: the black border must stay black and must not become the image's minimum.
+                unresized = image.shape[-2:] == grey.shape
+                image = minmax_rescale(image, name, value_range if unresized else None)
+            image = pad_grey(image, (pad_size["height"], pad_size["width"]), name)
         if do_center_crop:
             image = center_crop_grey(image, (crop_size["height"], crop_size["width"]), name)
-        unchanged = value_range is not None and image.shape[-2:] == grey.shape  # no resize, no crop
         grey_plane = image[0, 0]
-        if do_minmax_rescale:
+        if do_minmax_rescale and not do_pad:
+            unchanged = image.shape[-2:] == grey.shape  # no resize, no crop: the input's range holds
             grey_plane = minmax_rescale(grey_plane, name, value_range if unchanged else None)
         if not do_normalize:
             return grey_plane.expand(num_channels, -1, -1).contiguous()
@@ -655,6 +686,28 @@ def _check_size_keys(size, param: str, allowed=_ALLOWED_SIZE_KEYS) -> None:
         raise ValueError(f"{param} values must be positive, got {dict(size)}.")
 
 
+def _check_pad_settings(kwargs) -> None:
+    """`do_pad` needs a {height, width} `pad_size` that holds a `longest_edge` resize and covers `crop_size`
+    (other resizes depend on the image and are checked per image by `pad_grey`)."""
+    if kwargs.get("pad_size") is None:
+        raise ValueError("do_pad=True needs pad_size ({'height': h, 'width': w}, or an int for a square).")
+    _check_size_keys(kwargs["pad_size"], "pad_size", allowed=({"height", "width"},))
+    pad_height, pad_width = int(kwargs["pad_size"]["height"]), int(kwargs["pad_size"]["width"])
+    longest = dict(kwargs["size"]).get("longest_edge") if kwargs.get("do_resize") else None
+    if longest is not None and int(longest) > min(pad_height, pad_width):
+        raise ValueError(
+            f"size['longest_edge']={longest} does not fit in pad_size {pad_height}x{pad_width}; the letterbox pads "
+            "to at least the longest edge (MGCA: longest_edge = pad_size = 256)."
+        )
+    if kwargs.get("do_center_crop"):
+        crop_height, crop_width = int(kwargs["crop_size"]["height"]), int(kwargs["crop_size"]["width"])
+        if crop_height > pad_height or crop_width > pad_width:
+            raise ValueError(
+                f"crop_size {crop_height}x{crop_width} is larger than pad_size {pad_height}x{pad_width}; the centre "
+                "crop is cut from the padded image (MGCA: 224 from 256)."
+            )
+
+
 def _per_channel(values, num_channels: int, key: str) -> np.ndarray:
     array = np.atleast_1d(np.asarray(values, dtype=np.float32))
     if array.ndim != 1 or len(array) not in (1, num_channels):
@@ -667,15 +720,27 @@ def _per_channel(values, num_channels: int, key: str) -> np.ndarray:
 
 def _resize_output_size(input_size: Sequence[int], size) -> tuple[int, int]:
     """(H, W) after resizing: the shortest edge to ``size["shortest_edge"]`` with the long edge
-    ``int(shortest * long / short)`` (torchvision's rule, so CheXFound's geometry is reproduced), or
-    exactly ``(height, width)``."""
+    ``int(shortest * long / short)`` (torchvision's rule, so CheXFound's geometry is reproduced), the longest
+    edge to ``size["longest_edge"]`` (:func:`_longest_edge_output_size`), or exactly ``(height, width)``."""
     height, width = int(input_size[0]), int(input_size[1])
+    if size.get("longest_edge") is not None:
+        return _longest_edge_output_size(height, width, int(size["longest_edge"]))
     if size.get("shortest_edge") is None:
         return int(size["height"]), int(size["width"])
     shortest = int(size["shortest_edge"])
     short, long = min(height, width), max(height, width)
     new_long = int(shortest * long / short)
     return (shortest, new_long) if height <= width else (new_long, shortest)
+
+
+def _longest_edge_output_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """(H, W) with the longer side ``longest`` and the shorter ``int(short * (longest / long))``: MGCA's
+    ``resize_img`` computes the scale factor first and truncates, and the same order of operations gives its
+    sizes to the pixel. At least 1 pixel, so extreme aspect ratios still resize."""
+    scale = longest / max(height, width)
+    if height >= width:
+        return longest, max(1, int(width * scale))
+    return max(1, int(height * scale)), longest
 
 
 def resize_grey(
@@ -718,6 +783,20 @@ def center_crop_grey(image: torch.Tensor, crop_size: tuple[int, int], name: str 
     return image[..., top : top + crop_height, left : left + crop_width]
 
 
+def pad_grey(image: torch.Tensor, pad_size: tuple[int, int], name: str = "image") -> torch.Tensor:
+    """Zero-pad ``(..., H, W)`` to ``pad_size`` (H', W'), centred as MGCA's ``resize_img``: ``floor`` of each
+    margin before (top / left) and ``ceil`` after. 0 is black on the grey scale."""
+    height, width = image.shape[-2:]
+    pad_height, pad_width = pad_size
+    if height > pad_height or width > pad_width:
+        raise ValueError(
+            f"{name}: image is {height}x{width} after resizing, larger than pad_size {pad_height}x{pad_width}; resize "
+            "the longest edge to at most the pad size (size={'longest_edge': n}) or raise pad_size."
+        )
+    top, left = (pad_height - height) // 2, (pad_width - width) // 2
+    return F.pad(image, (left, pad_width - width - left, top, pad_height - height - top), value=0.0)
+
+
 def _check_not_constant(value_range: tuple[torch.Tensor, torch.Tensor], name: str) -> None:
     """`value_range` is the image's `torch.aminmax`."""
     low, high = float(value_range[0]), float(value_range[1])
@@ -748,8 +827,8 @@ def _to_batch_feature(images: list[torch.Tensor], return_tensors, device) -> Bat
     shapes = {tuple(image.shape) for image in images}
     if len(shapes) > 1:
         raise ValueError(
-            f"Images have different shapes after preprocessing {sorted(shapes)}; enable do_center_crop (or a "
-            "fixed height/width size) to stack them, or pass return_tensors=None to get a list."
+            f"Images have different shapes after preprocessing {sorted(shapes)}; enable do_center_crop or do_pad (or "
+            "a fixed height/width size) to stack them, or pass return_tensors=None to get a list."
         )
     stacked = torch.stack(images)
     if kind == "pt":

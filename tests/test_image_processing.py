@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cxrfm.processing import CXRImageProcessor
-from cxrfm.processing.image_processing_cxr import load_cxr_image, read_dicom
+from cxrfm.processing.image_processing_cxr import load_cxr_image, read_dicom, resize_grey
 
 pydicom = pytest.importorskip("pydicom")
 from dicom_fixtures import make_dicom, save_dicom  # noqa: E402
@@ -265,6 +265,96 @@ def test_exact_height_width_resize(rng):
     np.testing.assert_array_equal(tiles, np.kron([[0.0, 1.0], [2.0, 3.0]], np.ones((2, 2))))
 
 
+def letterbox_processor(side, **overrides):
+    """MGCA's letterbox to `side` x `side` without the crop, normalised with (0.5, 0.5): black -> -1, white -> 1."""
+    settings = dict(size={"longest_edge": side}, do_pad=True, pad_size=side, do_center_crop=False,
+                    do_minmax_rescale=False, image_mean=0.5, image_std=0.5, num_channels=1)
+    settings.update(overrides)
+    return CXRImageProcessor(**settings)
+
+
+@pytest.mark.parametrize(
+    "shape, content_rows, content_cols",
+    [
+        ((6, 12), slice(1, 3), slice(0, 4)),  # wide: 4 x int(6 * 4/12) = 2 rows, margin 2 -> 1 above, 1 below
+        ((5, 12), slice(1, 2), slice(0, 4)),  # int(5 * 4/12) = 1 row, margin 3 -> floor 1 above, ceil 2 below
+        ((12, 5), slice(0, 4), slice(1, 2)),  # tall: the same on the columns
+        ((8, 8), slice(0, 4), slice(0, 4)),  # square: nothing to pad
+    ],
+)
+def test_letterbox_pads_black_around_the_centred_content(shape, content_rows, content_cols):
+    """Constant 0.7 image: the content is (0.7 - 0.5) / 0.5 = 0.4 (a constant resizes to itself), the border is
+    exactly the normalised black -1, placed with MGCA's floor-before / ceil-after margins."""
+    out = letterbox_processor(4)(np.full(shape, 0.7, np.float32), return_tensors="pt")["pixel_values"]
+    assert out.shape == (1, 1, 4, 4)
+    expected = torch.full((4, 4), -1.0)
+    expected[content_rows, content_cols] = 0.4
+    torch.testing.assert_close(out[0, 0], expected, rtol=0, atol=1e-6)
+    assert (out[0, 0][expected == -1.0] == -1.0).all()  # the border is black exactly, not approximately
+
+
+def test_letterbox_geometry_of_mgca_256(rng):
+    """A 300 x 200 (H x W) image letterboxed to 256: 256 x int(200 * 256/300) = 256 x 170 content, 86 columns of
+    padding split 43 / 43; the content is the antialiased resize of the image (`resize_grey`, standing in for cv2
+    INTER_AREA)."""
+    image = rng.random((300, 200)).astype(np.float32)
+    out = letterbox_processor(256)(image, return_tensors="pt")["pixel_values"][0, 0]
+    assert out.shape == (256, 256)
+    assert (out[:, :43] == -1.0).all() and (out[:, 213:] == -1.0).all()
+    resized = resize_grey(torch.from_numpy(image)[None, None], (256, 170))[0, 0]
+    torch.testing.assert_close(out[:, 43:213], (resized - 0.5) / 0.5, rtol=0, atol=1e-6)
+
+
+def test_letterbox_minmax_rescales_the_content_before_padding(rng):
+    """With do_minmax_rescale the content spans exactly black..white (-1..1) by its own range and the border stays
+    black; the centre crop of the letterbox is the same window of the uncropped output (the training random crop's
+    source), which would not hold if min-max ran after the crop."""
+    image = (0.3 + 0.5 * rng.random((6, 12))).astype(np.float32)  # range [0.3, 0.8], never black or white
+    letterbox = letterbox_processor(8, do_minmax_rescale=True)
+    out = letterbox(image, return_tensors="pt")["pixel_values"][0, 0]
+    rows = slice(2, 6)  # 8 x int(6 * 8/12) = 4 rows, 2 above and 2 below
+    resized = resize_grey(torch.from_numpy(image)[None, None], (4, 8))[0, 0]
+    low, high = resized.min(), resized.max()
+    torch.testing.assert_close(out[rows], ((resized - low) / (high - low) - 0.5) / 0.5, rtol=0, atol=1e-6)
+    assert out[rows].min() == -1.0 and out[rows].max() == pytest.approx(1.0, abs=1e-6)
+    assert (out[:2] == -1.0).all() and (out[6:] == -1.0).all()
+    cropped = letterbox(image, do_center_crop=True, crop_size=6, return_tensors="pt")["pixel_values"][0, 0]
+    torch.testing.assert_close(cropped, out[1:7, 1:7], rtol=0, atol=0)  # offset round((8 - 6) / 2) = 1
+
+
+def test_letterbox_settings_survive_save_and_load(tmp_path, rng):
+    processor = letterbox_processor(12, do_center_crop=True, crop_size=8, num_channels=3)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"longest_edge": 12} and saved["do_pad"] is True
+    assert saved["pad_size"] == {"height": 12, "width": 12} and saved["crop_size"] == {"height": 8, "width": 8}
+    image = rng.random((9, 16)).astype(np.float32)
+    expected = processor(image, return_tensors="pt")["pixel_values"]
+    assert expected.shape == (1, 3, 8, 8)
+    loaded = CXRImageProcessor.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(image, return_tensors="pt")["pixel_values"], expected, rtol=0, atol=0)
+    assert CXRImageProcessor().do_pad is False  # the default pipeline does not pad
+
+
+def test_bad_letterbox_settings_name_the_field(rng):
+    with pytest.raises(ValueError, match=r"do_pad=True needs pad_size"):
+        CXRImageProcessor(do_pad=True)
+    with pytest.raises(ValueError, match=r"do_pad=True needs pad_size"):
+        CXRImageProcessor()(rng.random((8, 8)), do_pad=True)  # call-time options are validated too
+    with pytest.raises(ValueError, match=r"pad_size must have the keys \['height', 'width'\]"):
+        CXRImageProcessor(do_pad=True, pad_size={"shortest_edge": 8}, crop_size=8)
+    with pytest.raises(ValueError, match=r"size\['longest_edge'\]=10 does not fit in pad_size 8x8"):
+        CXRImageProcessor(size={"longest_edge": 10}, do_pad=True, pad_size=8, crop_size=8)
+    with pytest.raises(ValueError, match=r"crop_size 10x10 is larger than pad_size 8x8"):
+        CXRImageProcessor(size={"longest_edge": 8}, do_pad=True, pad_size=8, crop_size=10)
+    # a shortest-edge resize depends on the image: checked per image, with its name
+    shortest_then_pad = CXRImageProcessor(size=8, do_pad=True, pad_size=10, do_center_crop=False)
+    with pytest.raises(ValueError, match=r"^images \(.*\): image is 8x12 after resizing, larger than pad_size 10x10"):
+        shortest_then_pad(rng.random((16, 24)))
+    with pytest.raises(ValueError, match="does not support do_rescale=True"):
+        CXRImageProcessor(size={"longest_edge": 8}, do_pad=True, pad_size=8, crop_size=8, do_rescale=True)
+
+
 def test_minmax_and_imagenet_normalisation_by_hand():
     image = np.array([[10, 20], [30, 60]], dtype=np.uint8)  # min-max -> [[0, .2], [.4, 1]]
     processor = CXRImageProcessor(do_resize=False, do_center_crop=False)
@@ -500,8 +590,10 @@ def test_bad_settings_and_call_options(rng):
         CXRImageProcessor()(np.ones((4, 4)), do_rescale=True)
     with pytest.raises(ValueError, match="resample=.* is not supported"):
         CXRImageProcessor(resample=Image.Resampling.LANCZOS)
-    with pytest.raises(ValueError, match=r"size must have the keys \['shortest_edge'\] or \['height', 'width'\]"):
-        CXRImageProcessor(size={"longest_edge": 8})
+    with pytest.raises(
+        ValueError, match=r"size must have the keys \['shortest_edge'\] or \['longest_edge'\] or \['height', 'width'\]"
+    ):
+        CXRImageProcessor(size={"shortest_edge": 8, "longest_edge": 16})
     with pytest.raises(TypeError, match="unexpected keyword argument 'do_magic'"):
         CXRImageProcessor()(np.ones((4, 4)), do_magic=True)
     with pytest.raises(ValueError, match="images is an empty list"):
