@@ -10,6 +10,9 @@ brightness and contrast act as on an image, and rotation fills with black), and 
 after the processor matters because `CXRImageProcessor` min-max rescales each image, which would undo a brightness
 or contrast change made before it. Randomness comes from an explicit `torch.Generator`; `sample_params` and
 `apply` are separate so one draw can be replayed.
+
+`RandomCrop` is MGCA's pre-training augmentation (paper 004, official `DataTransforms`): a fixed-size crop at a
+uniformly random offset of the letterboxed image, the processor's output without its centre crop.
 """
 
 import math
@@ -171,6 +174,53 @@ def strong_augmentation(image_mean: list[float] | None = None, image_std: list[f
     return CXRAugmentation((-30.0, 30.0), (0.7, 1.0), (0.8, 1.2), image_mean=image_mean, image_std=image_std)
 
 
+class RandomCrop:
+    """MGCA's training crop: a `height` x `width` window at a uniformly random offset (official pre-training
+    `RandomCrop(224)` of the 256 x 256 letterboxed image; its validation takes the centre crop instead).
+
+    The offset is drawn as torchvision's `RandomCrop.get_params` does (top, then left, each `randint` over every
+    valid position). Cropping moves no value, so it acts on normalised `pixel_values` directly.
+
+    Args:
+        size: crop side, or (height, width).
+    """
+
+    def __init__(self, size: int | tuple[int, int]):
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        if height < 1 or width < 1:
+            raise ValueError(f"RandomCrop.size must be positive, got {size}.")
+        self.height, self.width = int(height), int(width)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size=({self.height}, {self.width}))"
+
+    def sample_params(self, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+        """(top, left) of the crop in an image of `height` x `width`."""
+        if self.height > height or self.width > width:
+            raise ValueError(
+                f"RandomCrop.size {self.height}x{self.width} is larger than the {height}x{width} image; crop from a "
+                "letterboxed image at least as large (MGCA: 224 from 256)."
+            )
+        top = int(torch.randint(0, height - self.height + 1, (), generator=generator))
+        left = int(torch.randint(0, width - self.width + 1, (), generator=generator))
+        return top, left
+
+    def apply(self, image: torch.Tensor, params: tuple[int, int]) -> torch.Tensor:
+        """The window of one (C, H, W) image at (top, left)."""
+        if image.ndim != 3:
+            raise ValueError(f"RandomCrop.apply expects one (C, H, W) image, got shape {tuple(image.shape)}.")
+        top, left = params
+        return image[:, top : top + self.height, left : left + self.width]
+
+    def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Crop (C, H, W) or (B, C, H, W) `pixel_values`, each image with its own draw."""
+        if pixel_values.ndim == 3:
+            return self.apply(pixel_values, self.sample_params(*pixel_values.shape[-2:], generator))
+        if pixel_values.ndim != 4:
+            raise ValueError(f"RandomCrop expects (C, H, W) or (B, C, H, W), got shape {tuple(pixel_values.shape)}.")
+        return torch.stack([self(image, generator) for image in pixel_values])
+
+
 # DINOv2/CheXFound multi-crop (facebookresearch/dinov2 `data/augmentations.py`, identical in RPIDIAL/CheXFound).
 # Blur probabilities of (global crop 1, global crop 2, local crops): the official GaussianBlur passes 1 - p to
 # RandomApply (dinov2 PR #411), so the released models were trained with 0.0 / 0.9 / 0.5 instead of the intended
@@ -305,6 +355,7 @@ __all__ = [
     "CXRAugmentation",
     "CropParams",
     "MultiCropAugmentation",
+    "RandomCrop",
     "sample_resized_crop",
     "strong_augmentation",
     "weak_augmentation",
