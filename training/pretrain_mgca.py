@@ -9,7 +9,11 @@ with the config's lambdas). Schedule (Sec. 4.1): AdamW on every parameter, linea
 (`warmup_ratio` of the steps; the official code warms up for 40% = 20 of 50 epochs). The official schedule
 details are MGCAConfig fields applied by `MGCAObjective`: CPA from `cpa_start_epoch` (official 0) and prototype
 gradients zeroed during the first `freeze_prototypes_epochs` epochs (official 1); prototype re-normalisation at
-every forward (`renormalize_prototypes`) happens in the model. The model is exported with `save_pretrained`
+every forward (`renormalize_prototypes`) happens in the model. Images (`augmentation`): `official` is the authors'
+pre-training preprocessing, the longer side resized to `letterbox_size` and zero-padded to a square (their
+`resize_img`), then a random `image_size` crop per training image (their `RandomCrop`, offsets drawn from a generator
+the checkpoints keep) and the centre crop in the exported processor (their validation `CenterCrop`); `none` resizes
+the shortest edge and takes the centre crop for both. The model is exported with `save_pretrained`
 and its `MGCAProcessor` at the end (+ `results.json` with the run's facts and its model card `README.md`); a rerun
 with the same `output_dir` resumes from the latest checkpoint.
 """
@@ -25,11 +29,13 @@ from transformers import AutoTokenizer, BertModel, get_cosine_schedule_with_warm
 
 from ..model_cards import write_results_and_card
 from ..modeling.mgca import MGCAConfig, MGCAModel, MGCAProcessor
+from ..processing.augment_cxr import RandomCrop
 from ..processing.datasets import LoaderOptions, load_dataset_by_name
 from ..processing.image_processing_cxr import CXRImageProcessor
 from ..processing.text import extract_sections
 from .finetune_clip import resolve_path
 from .recipe import (
+    BatchGenerators,
     Objective,
     TrainingArguments,
     TrainingLoop,
@@ -58,6 +64,10 @@ class PretrainMGCAArguments(TrainingArguments):
     clean_text: bool = field(default=True, metadata={"help": "Official caption cleaning (lower-case \\w+ tokens)."})
     max_length: int = 112
     image_size: int = 224
+    augmentation: str = field(default="none", metadata={
+        "help": "official: letterbox to letterbox_size + random image_size crop (paper yaml) | none: shortest edge to "
+                "image_size + centre crop."})
+    letterbox_size: int = field(default=256, metadata={"help": "Side of the official augmentation's letterbox (256)."})
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     warmup_ratio: float = field(default=0.4, metadata={"help": "Warm-up share of the steps (official 0.4); 0 uses warmup_steps."})
@@ -75,6 +85,13 @@ class PretrainMGCAArguments(TrainingArguments):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 (contrastive negatives).")
+        if self.augmentation not in ("official", "none"):
+            raise ValueError(f"augmentation must be 'official' or 'none', got {self.augmentation!r}.")
+        if self.augmentation == "official" and self.letterbox_size < self.image_size:
+            raise ValueError(
+                f"letterbox_size ({self.letterbox_size}) must be >= image_size ({self.image_size}): the crops are cut "
+                "from the letterboxed square."
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainMGCAArguments:
@@ -115,11 +132,21 @@ def build_model_and_processor(args: PretrainMGCAArguments) -> tuple[MGCAModel, M
     if args.freeze_word_embeddings:
         model.text_model.embeddings.word_embeddings.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(args.tokenizer_name_or_path))
-    image_processor = CXRImageProcessor(
-        size=args.image_size, crop_size=args.image_size, image_mean=args.image_mean, image_std=args.image_std
+    processor = MGCAProcessor(
+        build_image_processor(args), tokenizer, clean_text=args.clean_text, max_length=args.max_length
     )
-    processor = MGCAProcessor(image_processor, tokenizer, clean_text=args.clean_text, max_length=args.max_length)
     return model, processor
+
+
+def build_image_processor(args: PretrainMGCAArguments) -> CXRImageProcessor:
+    """The image processor saved with the model (evaluation): the centre `image_size` crop of a shortest-edge resize,
+    or with the official augmentation of the `letterbox_size` letterbox (official validation: `resize_img(256)` then
+    `CenterCrop(224)`). Training calls it with `do_center_crop=False` and crops at random instead."""
+    common = {"crop_size": args.image_size, "image_mean": args.image_mean, "image_std": args.image_std}
+    if args.augmentation == "official":
+        return CXRImageProcessor(size={"longest_edge": args.letterbox_size}, do_pad=True, pad_size=args.letterbox_size,
+                                 **common)
+    return CXRImageProcessor(size=args.image_size, **common)
 
 
 def load_pairs(args: PretrainMGCAArguments):
@@ -135,14 +162,30 @@ def load_pairs(args: PretrainMGCAArguments):
 
 
 class ImageReportCollator:
-    """Rows -> `MGCAProcessor` inputs (pixel_values, input_ids, attention_mask, word_ids)."""
+    """Rows -> `MGCAProcessor` inputs (pixel_values, input_ids, attention_mask, word_ids).
 
-    def __init__(self, processor: MGCAProcessor):
-        self.processor = processor
+    With `train_crop` (the official augmentation), images go through the processor's image processor without its
+    centre crop (the letterboxed square) and `train_crop` cuts each at a random offset drawn from
+    `generators["torch"]` (one generator per process, checkpointed by the loop, so a resumed run draws the same
+    crops). Without it, the processor's own pipeline is used as is.
+    """
+
+    def __init__(self, processor: MGCAProcessor, train_crop: RandomCrop | None = None,
+                 generators: BatchGenerators | None = None):
+        if (train_crop is None) != (generators is None):
+            raise ValueError("ImageReportCollator needs both train_crop and generators, or neither.")
+        self.processor, self.train_crop, self.generators = processor, train_crop, generators
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         texts = [mgca_caption(row["report"]) for row in rows]
-        return dict(self.processor(images=[row["image"] for row in rows], text=texts))
+        images = [row["image"] for row in rows]
+        if self.train_crop is None:
+            return dict(self.processor(images=images, text=texts))
+        self.generators.before_batch()
+        batch = dict(self.processor(text=texts))
+        letterboxed = self.processor.image_processor(images, do_center_crop=False, return_tensors="pt")["pixel_values"]
+        batch["pixel_values"] = self.train_crop(letterboxed, self.generators["torch"])
+        return batch
 
 
 def unwrap(model) -> MGCAModel:
@@ -193,8 +236,13 @@ def train(args: PretrainMGCAArguments) -> dict:
     train_split = data["train"].select_columns(["image", "report"])
     if len(train_split) < args.batch_size:
         raise ValueError(f"The training split has {len(train_split)} rows, fewer than batch_size {args.batch_size}.")
+    train_crop = generators = None
+    if args.augmentation == "official":  # one crop generator per process; the loop checkpoints it
+        train_crop = RandomCrop(args.image_size)
+        generators = BatchGenerators(torch=torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index))
     loader = torch.utils.data.DataLoader(
-        train_split, batch_size=local_batch, shuffle=True, drop_last=True, collate_fn=ImageReportCollator(processor)
+        train_split, batch_size=local_batch, shuffle=True, drop_last=True,
+        collate_fn=ImageReportCollator(processor, train_crop, generators),
     )
     # official: AdamW with weight decay on every parameter (BatchNorm, biases and prototypes included)
     optimizer = torch.optim.AdamW(
@@ -204,7 +252,7 @@ def train(args: PretrainMGCAArguments) -> dict:
     warmup = int(args.warmup_ratio * total_steps) if args.warmup_ratio > 0 else args.warmup_steps
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     objective = MGCAObjective(model.config)
-    loop = TrainingLoop(accelerator, args, model, optimizer, loader, objective, scheduler)
+    loop = TrainingLoop(accelerator, args, model, optimizer, loader, objective, scheduler, generators=generators)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
