@@ -91,7 +91,26 @@ def glori_run(output_dir: str) -> dict:
             "test_auroc": results["test"]["macro"]["auroc"], "is_main": state.is_main_process}
 
 
-RUNS = {"toy": toy_run, "glori": glori_run}
+def clip_run(output_dir: str) -> dict:
+    """finetune_clip's tiny config (tiny ViT + 1-layer BERT, CLIP loss with negatives gathered across processes,
+    sentence sampling and weak augmentation drawn from per-process generators), 60 phantom images at global batch
+    8 for one epoch of 6 steps, gradients clipped at 3.0 as the DeepSpeed configs, the epoch's folder exported."""
+    from accelerate.state import PartialState
+
+    from cxrfm.training.finetune_clip import parse_args, train
+
+    summary = train(parse_args([
+        "--config", str(ROOT / "training" / "configs" / "finetune_clip_tiny.yaml"), "--output_dir", output_dir,
+        "--phantom_num_images", "60", "--batch_size", "8", "--num_epochs", "1", "--max_grad_norm", "3.0",
+        "--checkpointing_steps", "3", "--validation_labels", "Support Devices", "Pleural Effusion",
+    ]))
+    state = PartialState()
+    return {"num_processes": state.num_processes, "history": summary["history"],
+            "validation_auroc": summary["validation_auroc"], "folder": summary["checkpoints"][0][0],
+            "is_main": state.is_main_process}
+
+
+RUNS = {"toy": toy_run, "glori": glori_run, "clip": clip_run}
 
 if __name__ == "__main__":
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
@@ -122,6 +141,7 @@ def launches(tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
     started, running = time.perf_counter(), {}
     launches = [(run, engine) for run in RUNS for engine in ENGINES if run == "toy" or engine in GLORI_ENGINES]
+    # finetune_clip draws sentences and augmentations from per-process generators: its reference is the DDP launch
     for run, engine in launches:
         config, extra_env, _ = ENGINES[engine]
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra_env}
@@ -130,7 +150,7 @@ def launches(tmp_path_factory):
                    __file__, run, str(root / f"{run}_{engine}"), str(root / f"{run}_{engine}.json")]
         running[run, engine] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                 text=True)
-    reference = {run: RUNS[run](str(root / f"{run}_one")) for run in RUNS}
+    reference = {run: RUNS[run](str(root / f"{run}_one")) for run in RUNS if run != "clip"}
     results = {}
     for (run, engine), process in running.items():
         _, stderr = process.communicate(timeout=300)
@@ -201,3 +221,31 @@ def test_glori_recipe_on_two_processes_equals_one(engine, launches):
     for rate, auroc in single_process["selection"]["per_learning_rate"].items():
         assert result["selection"]["per_learning_rate"][rate] == pytest.approx(auroc, abs=1e-6)
     assert result["test_auroc"] == pytest.approx(single_process["test_auroc"], abs=1e-6)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+def test_clip_recipe_under_deepspeed_equals_ddp(engine, launches):
+    """finetune_clip under DeepSpeed: RelaxedCLIP's 0-d logit_scale, which DeepSpeed cannot broadcast, runs as a
+    (1,) tensor and is saved 0-d again; ZeRO-3 builds the towers whole (zero3_init would hand RelaxedCLIP's weight
+    init empty shards) and gathers logit_scale inside forward, where the temperature is read. Per-step losses equal
+    the DDP launch's (same processes, same per-process data and draws) and the exported folder loads into the plain
+    model with the same weights."""
+    from cxrfm.modeling import RelaxedCLIPModel
+
+    results = launches[1]
+    (ddp_code, ddp_err, ddp), (returncode, stderr, result) = results["clip", "ddp"], results["clip", engine]
+    assert ddp_code == 0, ddp_err[-4000:]
+    assert returncode == 0, stderr[-4000:]
+    assert result["num_processes"] == ddp["num_processes"] == 2
+    assert [r["step"] for r in result["history"]] == [r["step"] for r in ddp["history"]] == list(range(1, 7))
+    for record, reference in zip(result["history"], ddp["history"]):
+        assert record["clip_loss"] == pytest.approx(reference["clip_loss"], rel=1e-5), (engine, record["step"])
+    exported = RelaxedCLIPModel.from_pretrained(result["folder"])
+    reference_model = RelaxedCLIPModel.from_pretrained(ddp["folder"])
+    assert exported.logit_scale.dim() == 0
+    reference_state = reference_model.state_dict()
+    for name, value in exported.state_dict().items():
+        if name.endswith("k_proj.bias"):  # softmax ignores it: its gradient is rounding noise, which AdamW scales up
+            continue
+        torch.testing.assert_close(value, reference_state[name], rtol=1e-4, atol=1e-6, msg=name)

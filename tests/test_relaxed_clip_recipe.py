@@ -80,7 +80,7 @@ def test_collator_views_and_loss_terms(tiny_setup, objective, views, terms):
     # 3 sampled sentences of FINDINGS + IMPRESSION per report
     decoded = processor.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
     assert decoded.count(".") == 3 and "indication" not in decoded
-    losses = compute_losses(model, batch, args, model.temperature(), rank=0)
+    losses = compute_losses(model, batch, args, rank=0)
     assert set(losses) == terms and all(torch.isfinite(v) for v in losses.values())
     if objective == "clip":
         out = model(**batch)
@@ -172,7 +172,7 @@ def test_non_default_threshold_and_alpha_reach_the_loss_from_the_yaml(tmp_path):
         for other in ((0.5, alpha), (threshold, 10.0), (0.5, 10.0)):  # the data tell t and alpha apart
             assert abs(expected - reference_clip_loss(out.image_embeds, out.text_embeds, temperature, *other)) > 2e-4
         assert out.loss.item() == pytest.approx(expected, rel=2e-6)  # the model reads its config, not fixed values
-        recipe_terms = compute_losses(model, batch, args, temperature, rank=0)
+        recipe_terms = compute_losses(model, batch, args, rank=0)
         assert recipe_terms["clip_loss"].item() == pytest.approx(expected, rel=2e-6)
 
 

@@ -54,6 +54,7 @@ from .recipe import (
     build_accelerator,
     parse_args as parse_recipe_args,
     per_process_batch_size,
+    without_zero3_init,
 )
 
 logger = logging.getLogger(__name__)
@@ -207,13 +208,15 @@ class ImageReportCollator:
 IMAGE_VIEWS = ("pixel_values", "weak_pixel_values", "strong_pixel_values_a", "strong_pixel_values_b")
 
 
-def contrastive_step(model, batch: dict, args: FinetuneCLIPArguments, temperature, rank: int):
+def contrastive_step(model, batch: dict, args: FinetuneCLIPArguments, rank: int):
     """Named loss terms of one step, and the gathered (image of `pixel_values`, text) embeddings they used. All image
     views go through one `model(...)` call (so DDP sees a forward), embeddings are gathered across processes with
-    gradients, and each process scores its own anchors."""
+    gradients, and each process scores its own anchors. The temperature is the one the forward returns (ZeRO-3
+    gathers `logit_scale` only inside it)."""
     views = [name for name in IMAGE_VIEWS if name in batch]
     text_inputs = {key: value for key, value in batch.items() if key not in IMAGE_VIEWS}
     outputs = model(**text_inputs, pixel_values=torch.cat([batch[name] for name in views]))
+    temperature = outputs.temperature
     images = dict(zip(views, (gather_features(chunk) for chunk in outputs.image_embeds.chunk(len(views)))))
     texts = gather_features(outputs.text_embeds)
     local = {"rank": rank, "local_batch_size": len(outputs.text_embeds)}
@@ -233,9 +236,9 @@ def contrastive_step(model, batch: dict, args: FinetuneCLIPArguments, temperatur
     return terms, images["pixel_values"], texts
 
 
-def compute_losses(model, batch: dict, args: FinetuneCLIPArguments, temperature, rank: int) -> dict[str, torch.Tensor]:
+def compute_losses(model, batch: dict, args: FinetuneCLIPArguments, rank: int) -> dict[str, torch.Tensor]:
     """The named loss terms of `contrastive_step`."""
-    return contrastive_step(model, batch, args, temperature, rank)[0]
+    return contrastive_step(model, batch, args, rank)[0]
 
 
 def _base_model(model) -> RelaxedCLIPModel:
@@ -246,14 +249,13 @@ def _base_model(model) -> RelaxedCLIPModel:
 class ContrastiveObjective(Objective):
     """CLIP / SLIP / UniCLIP (relaxed or not) for `TrainingLoop`. `contrastive(model, batch)` returns
     `(terms, image_embeds, text_embeds)` so that another objective (CXR-CML) can add terms on the same embeddings.
-    The temperature is read from the unwrapped model (a full parameter under DDP and ZeRO-1/2)."""
+    """
 
     def __init__(self, args: FinetuneCLIPArguments, accelerator):
         self.args, self.accelerator = args, accelerator
 
     def contrastive(self, model, batch):
-        temperature = _base_model(self.accelerator.unwrap_model(model)).temperature()
-        return contrastive_step(model, batch, self.args, temperature, self.accelerator.process_index)
+        return contrastive_step(model, batch, self.args, self.accelerator.process_index)
 
     def compute_loss(self, model, batch) -> dict[str, torch.Tensor]:
         return self.contrastive(model, batch)[0]
@@ -316,7 +318,7 @@ class BestCheckpoints:
 
     def _save(self, loop, processor, folder: Path) -> None:
         accelerator = loop.accelerator
-        state_dict = None if self.lora else accelerator.get_state_dict(loop.model)
+        state_dict = None if self.lora else loop.full_state_dict()
         if accelerator.is_main_process:
             model = accelerator.unwrap_model(loop.model)
             if self.lora:  # merged weights in the folder, the adapter alone in adapter/
@@ -356,7 +358,8 @@ def train(args: FinetuneCLIPArguments) -> dict:
     set_seed(args.seed)  # before building the model, so the seed also fixes new weights
     local_batch = per_process_batch_size(args, accelerator)
     output_dir = Path(args.output_dir)
-    model, tokenizer = build_model_and_tokenizer(args)
+    with without_zero3_init(accelerator):
+        model, tokenizer = build_model_and_tokenizer(args)
     image_processor = CXRImageProcessor(
         size=args.image_size, crop_size=args.image_size, image_mean=args.image_mean, image_std=args.image_std
     )

@@ -20,6 +20,7 @@ deleted up front; `checkpoints_total_limit` rotates the old ones out), so a late
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -32,7 +33,13 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator, PartialState, skip_first_batches
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, gather_object
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    gather_object,
+)
 from transformers import HfArgumentParser
 
 logger = logging.getLogger(__name__)
@@ -257,6 +264,58 @@ def _keep_global_rng(loader):
     yield from iterator
 
 
+@contextlib.contextmanager
+def without_zero3_init(accelerator: Accelerator):
+    """Context in which models are built whole even when the DeepSpeed config asks for `zero3_init`: that flag
+    makes transformers partition each tower as it is built, before a composite model (RelaxedCLIP) initialises its
+    weights, which then meet empty shards. The model is partitioned by `prepare` instead; for models of BERT/ViT-B
+    size the unpartitioned copy on each process costs little. (Accelerate's `zero3_init_context_manager` leaves
+    transformers' ZeRO-3 config in place, so the config is unset here and restored after.)"""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or not plugin.zero3_init_flag:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
+def give_scalar_parameters_one_dimension(model: torch.nn.Module) -> list[str]:
+    """DeepSpeed (0.19) starts by broadcasting every parameter through a uint8 view, which a 0-d tensor cannot take
+    (RelaxedCLIP's `logit_scale`). Such parameters get shape (1,) for the engine's lifetime; state dicts keep the
+    0-d shape (a state-dict hook on the owning module), so exported folders and checkpoints load into the plain
+    model, and a 0-d entry loads back into the (1,) parameter (a load pre-hook). Returns the reshaped names."""
+    reshaped = []
+    for module_name, module in model.named_modules():
+        names = [name for name, parameter in module.named_parameters(recurse=False) if parameter.dim() == 0]
+        if not names:
+            continue
+        for name in names:
+            parameter = getattr(module, name)
+            parameter.data = parameter.data.reshape(1)
+            reshaped.append(f"{module_name}.{name}" if module_name else name)
+
+        def to_scalar(module, state_dict, prefix, local_metadata, names=tuple(names)):
+            for name in names:
+                value = state_dict.get(prefix + name)
+                if value is not None and value.numel() == 1:  # ZeRO-3 holds an empty shard outside forward
+                    state_dict[prefix + name] = value.reshape(())
+
+        def from_scalar(module, state_dict, prefix, *args, names=tuple(names)):
+            for name in names:
+                value = state_dict.get(prefix + name)
+                if value is not None and value.dim() == 0:
+                    state_dict[prefix + name] = value.reshape(1)
+
+        module.register_state_dict_post_hook(to_scalar)
+        module.register_load_state_dict_pre_hook(from_scalar)
+    return reshaped
+
+
 class TrainingLoop:
     """Prepare, train, checkpoint, resume, evaluate. `run()` returns
     `{"history": [{"step": s, "loss": total, <term>: value, ...} per step], "evaluations": [...], "step", "resumed_from"}`;
@@ -272,6 +331,9 @@ class TrainingLoop:
             raise TypeError(f"objective must be an Objective, got {type(objective).__name__}.")
         self.accelerator, self.args, self.objective, self.evaluate = accelerator, args, objective, evaluate
         self.generators = generators
+        self.scalar_parameters = (
+            give_scalar_parameters_one_dimension(model) if accelerator.distributed_type == DistributedType.DEEPSPEED else []
+        )
         prepared = accelerator.prepare(model, optimizer, train_dataloader, *([scheduler] if scheduler else []))
         self.model, self.optimizer, self.train_dataloader = prepared[:3]
         self.scheduler = prepared[3] if scheduler else None
@@ -284,6 +346,17 @@ class TrainingLoop:
         self.total_steps = args.max_steps or args.num_epochs * self.steps_per_epoch
         self.history: list[dict] = []
         self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def full_state_dict(self) -> dict:
+        """The whole model's state dict on the main process (`accelerator.get_state_dict`, a collective under ZeRO-3,
+        whose consolidation bypasses the state-dict hooks): 0-d parameters given shape (1,) for DeepSpeed are 0-d
+        again, as the plain model expects."""
+        state = self.accelerator.get_state_dict(self.model)
+        if state is not None:
+            for name in self.scalar_parameters:
+                if name in state and state[name].numel() == 1:
+                    state[name] = state[name].reshape(())
+        return state
 
     @property
     def step(self) -> int:

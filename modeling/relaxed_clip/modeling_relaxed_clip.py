@@ -42,6 +42,9 @@ class RelaxedCLIPOutput(ModelOutput):
             L2-normalised projected image embeddings.
         text_model_output, vision_model_output:
             The towers' outputs; their `pooler_output` is the projected, not normalised, embedding.
+        temperature (`torch.Tensor`, 0-d):
+            tau = exp(-logit_scale) as the logits used it. Training code reads it here rather than from the
+            parameter, because a sharding engine (DeepSpeed ZeRO-3) gathers the parameter only inside `forward`.
     """
 
     loss: torch.Tensor | None = None
@@ -51,6 +54,7 @@ class RelaxedCLIPOutput(ModelOutput):
     image_embeds: torch.Tensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
+    temperature: torch.Tensor | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
@@ -268,6 +272,7 @@ class RelaxedCLIPModel(RelaxedCLIPPreTrainedModel):
             image_embeds=image_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
+            temperature=temperature,
         )
 
 
