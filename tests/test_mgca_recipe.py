@@ -171,3 +171,23 @@ def test_official_augmentation_trains_and_resumes_to_the_same_losses(tmp_path, m
     assert exported.crop_size == {"height": 32, "width": 32}
     image = load_phantom(num_images=48, image_size=64)["validation"][0]["image"]
     assert exported(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_vision_checkpoint_starts_the_image_encoder_from_imagenet_weights(tmp_path):
+    """`vision_checkpoint` (official: DeiT-B) initialises the new image encoder before the first step; with
+    `--max_steps 1 --learning_rate 0` the exported encoder still holds the file's weights, the text tower does not."""
+    import timm
+
+    from cxrfm.modeling.mgca.configuration_mgca import TINY_VIT
+
+    source = timm.create_model("vit_base_patch16_224", img_size=32, num_classes=3, **TINY_VIT)
+    checkpoint = tmp_path / "deit.pth"
+    torch.save({"model": source.state_dict()}, checkpoint)
+    summary = train(tiny_args(tmp_path / "run", "tiny", "--max_steps", "1", "--learning_rate", "0",
+                              "--vision_checkpoint", str(checkpoint)))
+    exported = MGCAModel.from_pretrained(summary["model_dir"]).vision_model.state_dict()
+    for name, value in source.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(exported[name], value), name
+    with pytest.raises(ValueError, match="vision_checkpoint initialises a new image encoder"):
+        tiny_args(tmp_path / "other", "tiny", "--vision_checkpoint", str(checkpoint), "--model_name_or_path", "x")

@@ -59,6 +59,10 @@ class PretrainMGCAArguments(TrainingArguments):
         default=None, metadata={"help": "Pretrained BERT whose first layers initialise the text encoder (official: Bio_ClinicalBERT)."}
     )
     text_num_hidden_layers: int | None = field(default=None, metadata={"help": "Text layers kept (default: the preset's)."})
+    vision_checkpoint: str | None = field(
+        default=None, metadata={"help": "ImageNet weights for the new image encoder, a local file timm reads (official: "
+                                        "DeiT-B for the ViT, torchvision's ResNet-50)."}
+    )
     freeze_word_embeddings: bool = field(default=False, metadata={"help": "Keep the text word embeddings fixed."})
     tokenizer_name_or_path: str = field(default="emilyalsentzer/Bio_ClinicalBERT", metadata={"help": "Fast BERT tokenizer."})
     clean_text: bool = field(default=True, metadata={"help": "Official caption cleaning (lower-case \\w+ tokens)."})
@@ -85,6 +89,8 @@ class PretrainMGCAArguments(TrainingArguments):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 (contrastive negatives).")
+        if self.vision_checkpoint is not None and self.model_name_or_path is not None:
+            raise ValueError("vision_checkpoint initialises a new image encoder; model_name_or_path already has one.")
         if self.augmentation not in ("official", "none"):
             raise ValueError(f"augmentation must be 'official' or 'none', got {self.augmentation!r}.")
         if self.augmentation == "official" and self.letterbox_size < self.image_size:
@@ -124,6 +130,8 @@ def build_model_and_processor(args: PretrainMGCAArguments) -> tuple[MGCAModel, M
             overrides["text_config"] = text.config.to_dict()
         config = MGCAConfig.from_preset(args.model_preset, image_size=args.image_size, **overrides)
         model = MGCAModel(config)
+        if args.vision_checkpoint is not None:
+            model.load_vision_checkpoint(args.vision_checkpoint)
         if text is not None:
             state = text.state_dict()
             if not model.config.text_token_type_embeddings:  # official: BLIP's BERT has no token types
