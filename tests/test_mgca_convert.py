@@ -4,10 +4,12 @@ from the same tensors; unknown or missing keys are errors."""
 
 import argparse
 
+import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from transformers import BertConfig, BertModel
 
@@ -134,6 +136,17 @@ def test_tokenizer_folder_becomes_an_mgca_processor(tmp_path):
     processor = AutoProcessor.from_pretrained(out)
     assert isinstance(processor, MGCAProcessor) and processor.clean_text and processor.max_length == 112
     assert list(processor.image_processor.image_mean) == [0.5, 0.5, 0.5]
+    # the official evaluation transform at the tiny preset's 32 px: longer side to 36 (= 32 * 8 / 7, as 256 for 224),
+    # black padding to 36 x 36, centre 32 crop, 8-bit / 255 with no min-max, (x - 0.5) / 0.5
+    image = np.full((40, 20), 255, dtype=np.uint8)
+    image[:, 10:] = 128
+    pixels = processor(images=Image.fromarray(image))["pixel_values"][0, 0].numpy()
+    assert pixels.shape == (32, 32)
+    # content 36 x 18 placed at columns 9-26 of the square, then cropped from column 2: columns 7-24 hold it
+    np.testing.assert_array_equal(pixels[:, :7], -1.0)
+    np.testing.assert_array_equal(pixels[:, 25:], -1.0)
+    np.testing.assert_allclose(pixels[:, 8], 1.0, atol=1e-5)
+    np.testing.assert_allclose(pixels[:, 23], (128 / 255 - 0.5) / 0.5, atol=1e-5)
 
 
 def test_preset_follows_hyper_parameters_and_bad_keys_fail(tmp_path):

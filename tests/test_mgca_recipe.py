@@ -82,6 +82,12 @@ def test_paper_yaml_and_caption():
     )
     assert args.model_preset == "paper" and args.text_model_name_or_path == "emilyalsentzer/Bio_ClinicalBERT"
     assert (args.augmentation, args.letterbox_size, args.image_size) == ("official", 256, 224)
+    assert args.vision_checkpoint.endswith("deit_base_patch16_224-b5f2ef4d.pth")
+    from cxrfm.training.pretrain_mgca import build_image_processor
+
+    official = build_image_processor(args)  # what the exported folder evaluates with: no min-max, as the official
+    assert (official.do_minmax_rescale, official.do_pad, official.size["longest_edge"]) == (False, True, 256)
+    assert build_image_processor(parse_args(["--config", str(CONFIGS / "mgca_tiny.yaml")])).do_minmax_rescale
     assert parse_args(["--config", str(CONFIGS / "mgca_tiny.yaml")]).augmentation == "none"
     for bad, message in ((["--augmentation", "flip"], "augmentation must be 'official' or 'none'"),
                          (["--letterbox_size", "200"], r"letterbox_size \(200\) must be >= image_size \(224\)")):

@@ -72,6 +72,10 @@ class PretrainMGCAArguments(TrainingArguments):
         "help": "official: letterbox to letterbox_size + random image_size crop (paper yaml) | none: shortest edge to "
                 "image_size + centre crop."})
     letterbox_size: int = field(default=256, metadata={"help": "Side of the official augmentation's letterbox (256)."})
+    image_minmax_rescale: bool = field(
+        default=True, metadata={"help": "Per-image min-max rescale in the image processor (the official code has none: "
+                                        "8-bit images / 255)."}
+    )
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     warmup_ratio: float = field(default=0.4, metadata={"help": "Warm-up share of the steps (official 0.4); 0 uses warmup_steps."})
@@ -150,7 +154,8 @@ def build_image_processor(args: PretrainMGCAArguments) -> CXRImageProcessor:
     """The image processor saved with the model (evaluation): the centre `image_size` crop of a shortest-edge resize,
     or with the official augmentation of the `letterbox_size` letterbox (official validation: `resize_img(256)` then
     `CenterCrop(224)`). Training calls it with `do_center_crop=False` and crops at random instead."""
-    common = {"crop_size": args.image_size, "image_mean": args.image_mean, "image_std": args.image_std}
+    common = {"crop_size": args.image_size, "image_mean": args.image_mean, "image_std": args.image_std,
+              "do_minmax_rescale": args.image_minmax_rescale}
     if args.augmentation == "official":
         return CXRImageProcessor(size={"longest_edge": args.letterbox_size}, do_pad=True, pad_size=args.letterbox_size,
                                  **common)

@@ -241,7 +241,8 @@ def convert_mgca_file(
     `MGCAModel.save_pretrained` folder; the preset comes from `hyper_parameters.img_encoder` unless given.
 
     The checkpoint loads with `weights_only=True` (its hyper-parameters are plain Python values). `out_dir` also
-    gets the image processor (the official evaluation transform: 224 px, mean = std = 0.5) and, with
+    gets the image processor (the official evaluation transform: longer side to 256, black padding to 256 x 256,
+    centre 224 crop, no per-image min-max, mean = std = 0.5) and, with
     `tokenizer_dir` (e.g. a local Bio_ClinicalBERT), an `MGCAProcessor` with the official text cleaning. The
     folder is reloaded and its embeddings compared with the converted model's before returning.
     """
@@ -261,8 +262,10 @@ def convert_mgca_file(
     model.load_state_dict(state_dict, strict=True)
     model.save_pretrained(out_dir)
     size = config.image_size
+    letterbox = size * 8 // 7  # 256 for the released 224-px encoders
     image_processor = CXRImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        size={"longest_edge": letterbox}, do_pad=True, pad_size=letterbox, crop_size={"height": size, "width": size},
+        do_minmax_rescale=False, image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )
     if tokenizer_dir is not None:
         from transformers import AutoTokenizer
