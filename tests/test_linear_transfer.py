@@ -85,3 +85,22 @@ def test_command_on_phantom(tmp_path):
     assert set(results) == {0.1, 1.0}
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["results"]["1.0"]["auroc_ci"] is not None and 0.0 <= saved["results"]["1.0"]["auroc"] <= 1.0
+
+
+def test_command_preprocesses_with_the_model_folders_processor(tmp_path):
+    """A folder saved with its image processor (here the official MGCA letterbox at 32 px) is evaluated with it;
+    `--processor_from_model false` falls back to the shortest-edge resize of `image_size`."""
+    from cxrfm.processing import CXRImageProcessor
+
+    folder = tmp_path / "mgca"
+    MGCAModel(MGCAConfig.from_preset("tiny")).save_pretrained(folder)
+    CXRImageProcessor(size={"longest_edge": 36}, do_pad=True, pad_size=36, crop_size=32, do_minmax_rescale=False,
+                      image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    common = ["--model_name_or_path", str(folder), "--dataset", "phantom", "--fractions", "1.0", "--num_epochs", "1",
+              "--n_bootstrap", "5", "--label_names", "Support Devices"]
+    main([*common, "--output_dir", str(tmp_path / "model")])
+    used = json.loads((tmp_path / "model" / "results.json").read_text())["image_processor"]
+    assert (used["do_pad"], used["size"]["longest_edge"], used["do_minmax_rescale"]) == (True, 36, False)
+    main([*common, "--output_dir", str(tmp_path / "args"), "--processor_from_model", "false", "--image_size", "32"])
+    used = json.loads((tmp_path / "args" / "results.json").read_text())["image_processor"]
+    assert (used["do_pad"], used["size"]["shortest_edge"], used["do_minmax_rescale"]) == (False, 32, True)

@@ -7,6 +7,9 @@ Protocol (official `mgca_finetuner.py` / `ssl_finetuner.py`):
   stratification, as `df.sample(frac, random_state)`), AdamW lr 5e-4, weight decay 1e-6, batch 48; the official
   50 epochs with early stopping on the validation loss become a fixed number of epochs here (`epochs`), the head
   with the lowest validation loss being kept when a validation split is given;
+- images go through the model folder's saved image processor (how it was trained or converted; an official MGCA
+  checkpoint converted by `cxrfm convert mgca` carries the official letterbox + centre crop), or, without one, a
+  shortest-edge resize and centre crop to `image_size`;
 - multi-label tasks (CheXpert 5, RSNA) report AUROC with bootstrap CIs (`cxrfm.evaluation.metrics`); single-label
   tasks (COVIDx 3-class) report accuracy with a bootstrap CI over the same image resamples.
 
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel
+from transformers import AutoImageProcessor, AutoModel
 
 from ..evaluation.metrics import bootstrap_indices, multilabel_metrics, percentile_interval
 from ..processing.datasets import LoaderOptions, get_label_names, load_dataset_by_name
@@ -152,6 +155,9 @@ class LinearTransferArguments(TrainingArguments):
     label_names: list[str] = field(default_factory=list, metadata={"help": "Classes to evaluate (default: all)."})
     multi_label: bool = True
     fractions: list[float] = field(default_factory=lambda: list(FRACTIONS))
+    processor_from_model: bool = field(default=True, metadata={
+        "help": "Preprocess with the image processor saved in the model folder (how the model was trained or converted, "
+                "e.g. MGCA's official letterbox); false, or a folder without one, uses image_size/image_mean/image_std."})
     image_size: int = 224
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -162,14 +168,26 @@ class LinearTransferArguments(TrainingArguments):
     n_bootstrap: int = 1000
 
 
+def image_processor_for(args: LinearTransferArguments) -> CXRImageProcessor:
+    """The model folder's saved image processor (with `processor_from_model` and when the folder has one), else a
+    shortest-edge resize + centre crop to `image_size` normalised with `image_mean` / `image_std`."""
+    folder = Path(args.model_name_or_path)
+    saved = [folder / name for name in ("preprocessor_config.json", "processor_config.json")]
+    if args.processor_from_model and any(path.is_file() for path in saved):
+        processor = AutoImageProcessor.from_pretrained(folder)
+        logger.info("Image processor from %s: %s", folder, type(processor).__name__)
+        return processor
+    return CXRImageProcessor(
+        size=args.image_size, crop_size=args.image_size, image_mean=args.image_mean, image_std=args.image_std
+    )
+
+
 def run(args: LinearTransferArguments) -> dict:
     """Features of train/validation/test through the frozen encoder, then `linear_transfer`; writes results.json."""
     data = load_dataset_by_name(args.dataset, LoaderOptions(root=args.data_root, splits=("train", "validation", "test")))
     names = list(get_label_names(data["train"]))
     encode = encoder_features(AutoModel.from_pretrained(args.model_name_or_path))
-    processor = CXRImageProcessor(
-        size=args.image_size, crop_size=args.image_size, image_mean=args.image_mean, image_std=args.image_std
-    )
+    processor = image_processor_for(args)
     split_arrays = {}
     for split in ("train", "validation", "test"):
         labels = np.asarray(data[split]["labels"], dtype=float)
@@ -183,7 +201,10 @@ def run(args: LinearTransferArguments) -> dict:
     )
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps({"args": asdict(args), "results": {str(k): v for k, v in results.items()}}, indent=2))
+    (output_dir / "results.json").write_text(json.dumps(
+        {"args": asdict(args), "image_processor": processor.to_dict(), "results": {str(k): v for k, v in results.items()}},
+        indent=2, default=str,
+    ))
     return results
 
 
