@@ -21,16 +21,24 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 
-def upsample_attention(attention_map, image_size: tuple[int, int], gamma: float = 0.5) -> np.ndarray:
-    """Patch-grid attention `(h, w)` -> `(H, W)` float32 in [0, 1]: bilinear upsampling, power `gamma`, divided by
-    the maximum (an all-zero map stays zero)."""
+def upsample_attention(
+    attention_map, image_size: tuple[int, int], gamma: float = 0.5, scale: str = "max"
+) -> np.ndarray:
+    """Patch-grid attention `(h, w)` -> `(H, W)` float32 in [0, 1]: bilinear upsampling, power `gamma`, then
+    `scale="max"`: divided by the maximum (GLoRI's official recipe; an all-zero map stays zero) or `"minmax"`: the
+    minimum to 0 and the maximum to 1, which shows where a near-uniform map (a word's softmax over the patches)
+    peaks instead of tinting the whole image (a constant map becomes zero)."""
     grid = torch.as_tensor(np.asarray(attention_map, dtype=np.float32))
     if grid.ndim != 2:
         raise ValueError(f"upsample_attention: attention_map must be (h, w), got shape {tuple(grid.shape)}.")
     if gamma <= 0:
         raise ValueError(f"upsample_attention: gamma must be > 0, got {gamma}.")
+    if scale not in ("max", "minmax"):
+        raise ValueError(f"upsample_attention: scale must be 'max' or 'minmax', got {scale!r}.")
     upsampled = F.interpolate(grid[None, None], size=tuple(image_size), mode="bilinear", align_corners=False)[0, 0]
     upsampled = upsampled.clamp(min=0) ** gamma
+    if scale == "minmax":
+        upsampled = upsampled - upsampled.min()
     peak = upsampled.max()
     return (upsampled / peak if peak > 0 else upsampled).numpy()
 
@@ -47,21 +55,23 @@ def _grey_image(image) -> np.ndarray:
 
 
 def overlay_attention(
-    image, attention_map, gamma: float = 0.5, color: tuple[float, float, float] = (0.0, 1.0, 0.0), max_alpha: float = 0.7
+    image, attention_map, gamma: float = 0.5, color: tuple[float, float, float] = (0.0, 1.0, 0.0), max_alpha: float = 0.7,
+    scale: str = "max",
 ) -> np.ndarray:
     """RGB float32 `(H, W, 3)` in [0, 1]: the grey image with `color` blended in, opacity = `max_alpha` x attention.
 
     Args:
         image: the radiograph, `(H, W)`, `(H, W, C)` or `(C, H, W)` (e.g. `pixel_values[0]`), any intensity scale.
         attention_map: one finding's `(h, w)` patch-grid attention.
+        scale: how the map is brought to [0, 1] (see `upsample_attention`).
     """
     grey = _grey_image(image)
-    alpha = max_alpha * upsample_attention(attention_map, grey.shape, gamma)[..., None]
+    alpha = max_alpha * upsample_attention(attention_map, grey.shape, gamma, scale)[..., None]
     return (1.0 - alpha) * grey[..., None] + alpha * np.asarray(color, dtype=np.float32)
 
 
 def save_attention_overlays(
-    image, findings: Sequence[dict], path: str | Path, gamma: float = 0.5, columns: int = 4
+    image, findings: Sequence[dict], path: str | Path, gamma: float = 0.5, columns: int = 4, scale: str = "max"
 ) -> Path:
     """Save one PNG with a panel per finding: the overlay titled with the finding's name and score.
 
@@ -71,6 +81,7 @@ def save_attention_overlays(
         findings: `cxr-classification` pipeline results called with `return_attention_maps=True`
             (`{"label", "score", "attention_map"}` each).
         path: output `.png` file.
+        scale: how each map is brought to [0, 1] (see `upsample_attention`).
     """
     import matplotlib
 
@@ -94,7 +105,7 @@ def save_attention_overlays(
     for axis in axes.flat:
         axis.axis("off")
     for axis, item in zip(axes.flat, findings):
-        axis.imshow(overlay_attention(image, item["attention_map"], gamma))
+        axis.imshow(overlay_attention(image, item["attention_map"], gamma, scale=scale))
         axis.set_title(f"{item['label']} ({item['score']:.2f})", fontsize=9)
     figure.tight_layout()
     path = Path(path)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
@@ -19,11 +20,11 @@ def test_demo_story_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     summary = demo.main(["--quick", "--output-dir", str(out)])
     printed = capsys.readouterr().out
-    assert "[7/7] summary" in printed and printed.rstrip().endswith("*_metrics.json, *.csv")
+    assert "[8/8] summary" in printed and printed.rstrip().endswith("*_metrics.json, *.csv")
     assert f"Everything is in {out.resolve()}" in printed
     assert "step" in printed.splitlines()[-len(summary["rows"]) - 4]  # the summary table header
 
-    backbone, glori, clip = summary["folders"]
+    backbone, glori, clip, mgca = summary["folders"]
     for folder in summary["folders"]:
         assert check_publishable(folder) == [], folder
     # GLoRI was trained on the saved backbone folder: its frozen backbone is that folder's weights, bit for bit.
@@ -53,6 +54,11 @@ def test_demo_story_end_to_end(tmp_path, capsys):
     for kind in ("roc_glori", "roc_zero_shot"):  # one curve per finding with positives and negatives
         assert sorted(p.stem[4:] for p in (out / "plots" / kind).glob("roc_*.png")) == both_classes
     assert len(list((out / "plots" / "attention").glob("*.png"))) == 4
+    # MGCA: pretrained (2 steps in --quick), probed with CIs from the saved folder, word maps drawn
+    assert json.loads((mgca / "results.json").read_text())["steps"] == 2 and "MGCA" in (mgca / "README.md").read_text()
+    probe = json.loads((out / "mgca_linear_probe.json").read_text())
+    assert probe["args"]["model_name_or_path"] == str(mgca) and probe["results"]["1.0"]["auroc_ci"] is not None
+    assert Image.open(out / "plots" / "mgca_words.png").size[0] > 0
 
     # The folder is marked as the demo's own (the next `make demo` replaces it); any other non-empty folder is
     # refused before any work is done.

@@ -39,3 +39,21 @@ def test_resnet_has_no_patch_grid_overlay(processor):
     model = MGCAModel(MGCAConfig.from_preset("tiny-resnet"))
     with pytest.raises(ValueError, match="ViT"):
         word_patch_correspondence(model, processor, np.zeros((8, 8)), "x")
+
+
+def test_near_uniform_word_maps_are_min_max_scaled():
+    """A word's softmax over 16 patches is close to 1/16 everywhere: scaled by its maximum alone it would tint the
+    whole image (every value above 0.9); min-max scaling puts its least attended patch at 0 and its peak at 1."""
+    from cxrfm.visualization import upsample_attention
+
+    attention = np.full((4, 4), 1 / 16, dtype=np.float32)
+    attention[0, 0] += 0.004
+    attention[3, 3] -= 0.004
+    by_max = upsample_attention(attention, (32, 32))
+    by_minmax = upsample_attention(attention, (32, 32), scale="minmax")
+    assert by_max.min() > 0.9
+    assert by_minmax.min() == pytest.approx(0.0) and by_minmax.max() == pytest.approx(1.0)
+    assert by_minmax[:4, :4].mean() > 0.9 and by_minmax[-4:, -4:].mean() < 0.1
+    assert upsample_attention(np.full((4, 4), 0.5), (8, 8), scale="minmax").max() == 0.0  # constant: no tint
+    with pytest.raises(ValueError, match="scale must be 'max' or 'minmax'"):
+        upsample_attention(attention, (8, 8), scale="mean")

@@ -39,11 +39,14 @@ def word_patch_correspondence(model: MGCAModel, processor, image, report: str) -
 
 
 def save_word_patch_overlays(model: MGCAModel, processor, image, report: str, path: str | Path, columns: int = 4) -> Path:
-    """PNG with one overlay panel per word of `report` on `image` (see `word_patch_correspondence`)."""
+    """PNG with one overlay panel per word of `report` on `image` (see `word_patch_correspondence`). Each map is
+    min-max scaled: a word's softmax over the patches is close to uniform, and scaling by its maximum alone would
+    tint the whole image."""
     from cxrfm.visualization import save_attention_overlays
 
     pixel_values = processor.image_processor([image], return_tensors="pt")["pixel_values"][0]
-    return save_attention_overlays(pixel_values, word_patch_correspondence(model, processor, image, report), path, columns=columns)
+    maps = word_patch_correspondence(model, processor, image, report)
+    return save_attention_overlays(pixel_values, maps, path, columns=columns, scale="minmax")
 
 
 __all__ = ["save_word_patch_overlays", "word_patch_correspondence"]
