@@ -12,6 +12,7 @@ import torch
 from cxrfm.training.cml_objective import CMLConfig, CMLObjective
 from cxrfm.training.finetune_clip import FinetuneCLIPArguments, ImageReportCollator, parse_args, train
 from cxrfm.training.recipe import BatchGenerators
+from recipe_interrupt import run_killed_at_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -94,7 +95,7 @@ def test_tiny_run_of_each_preset(tmp_path, preset):
 
 
 @pytest.mark.slow
-def test_interrupted_cml_run_resumes_to_the_same_losses(tmp_path, monkeypatch):
+def test_interrupted_cml_run_resumes_to_the_same_losses(tmp_path):
     """Paper preset, killed at step 5 of 14 (epoch 1 of 2; checkpoints every 2 steps): the rerun restores the
     memory bank, the mixture's fit counter and the plateau state, refits at the epoch boundary as the uninterrupted
     run does, and repeats its per-step CLIP and metric losses exactly."""
@@ -107,14 +108,7 @@ def test_interrupted_cml_run_resumes_to_the_same_losses(tmp_path, monkeypatch):
     assert [r["step"] for r in full["history"]] == list(range(1, 15))
     assert max(r["metric_loss"] for r in full["history"][7:]) > 0  # the refitted mixture gives triplets in epoch 2
 
-    def crash(self, loop, step):
-        if step == 5:
-            raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CMLObjective, "on_step_end", crash, raising=False)
-        with pytest.raises(KeyboardInterrupt):
-            train(parse_args(argv("cut")))
+    run_killed_at_step(CMLObjective, 5, train, parse_args(argv("cut")))
     resumed = train(parse_args(argv("cut")))
     assert resumed["resumed_from"].endswith("checkpoint_1")  # step 4
     expected = {r["step"]: r for r in full["history"]}

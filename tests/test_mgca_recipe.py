@@ -23,6 +23,7 @@ from cxrfm.training.pretrain_mgca import (  # noqa: E402
     train,
 )
 from cxrfm.training.recipe import BatchGenerators  # noqa: E402
+from recipe_interrupt import run_killed_at_step  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -148,7 +149,7 @@ def test_official_collator_crops_the_letterbox_at_random(tmp_path):
         ImageReportCollator(processor, RandomCrop(32))
 
 
-def test_official_augmentation_trains_and_resumes_to_the_same_losses(tmp_path, monkeypatch):
+def test_official_augmentation_trains_and_resumes_to_the_same_losses(tmp_path):
     """Phantom set, letterbox 40 -> random crop 32: killed at step 7 of 8 (checkpoints every 2 steps, 4 batches an
     epoch, so the latest is mid-epoch 1), rerun with the same output_dir: steps 7-8 repeat the uninterrupted run's
     losses exactly, crops included (the crop generator is checkpointed). The export centre-crops the letterbox."""
@@ -158,14 +159,7 @@ def test_official_augmentation_trains_and_resumes_to_the_same_losses(tmp_path, m
     full = train(args("full"))
     assert [record["step"] for record in full["history"]] == list(range(1, 9))
 
-    def crash(self, loop, step):
-        if step == 7:
-            raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(MGCAObjective, "on_step_end", crash, raising=False)
-        with pytest.raises(KeyboardInterrupt):
-            train(args("cut"))
+    run_killed_at_step(MGCAObjective, 7, train, args("cut"))
     resumed = train(args("cut"))
     assert resumed["resumed_from"].endswith("checkpoint_2")  # step 6
     expected = {record["step"]: record for record in full["history"]}

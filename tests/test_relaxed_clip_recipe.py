@@ -22,6 +22,7 @@ from cxrfm.training.finetune_clip import (
 )
 from cxrfm.processing.image_processing_cxr import CXRImageProcessor
 from cxrfm.processing.processing_clip import CXRCLIPProcessor
+from recipe_interrupt import run_killed_at_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 REPORT = (
@@ -176,7 +177,7 @@ def test_non_default_threshold_and_alpha_reach_the_loss_from_the_yaml(tmp_path):
         assert recipe_terms["clip_loss"].item() == pytest.approx(expected, rel=2e-6)
 
 
-def test_interrupted_finetuning_resumes_to_the_same_losses(tmp_path, monkeypatch):
+def test_interrupted_finetuning_resumes_to_the_same_losses(tmp_path):
     """Killed at step 9 of 12 (checkpoints every 2 steps), rerun with the same output_dir: steps 9-12 repeat the
     uninterrupted run's losses exactly (sentence sampling, augmentations, dropout, shuffling all restored), and so do
     the epoch-1 validation AUROC and the kept checkpoint. Non-default t / alpha reach the saved model."""
@@ -189,14 +190,7 @@ def test_interrupted_finetuning_resumes_to_the_same_losses(tmp_path, monkeypatch
     full = train(parse_args(argv("full")))
     assert [r["step"] for r in full["history"]] == list(range(1, 13))  # 48 training rows / 8 = 6 steps per epoch
 
-    def crash(self, loop, step):
-        if step == 9:
-            raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(ContrastiveObjective, "on_step_end", crash)
-        with pytest.raises(KeyboardInterrupt):
-            train(parse_args(argv("cut")))
+    run_killed_at_step(ContrastiveObjective, 9, train, parse_args(argv("cut")))
     checkpoints = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint_2", "checkpoint_3"]  # steps 6 and 8 (total limit 2)
     resumed = train(parse_args(argv("cut")))

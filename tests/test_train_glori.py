@@ -15,6 +15,7 @@ from cxrfm.processing import CXRImageProcessor
 from cxrfm.processing.labels import CXR_LT_40
 from cxrfm.processing.datasets.phantom import load_phantom
 from cxrfm.training.train_glori import PAPER_LEARNING_RATES, GLoRITrainTransform, HeadGridObjective, main, parse_args
+from recipe_interrupt import run_killed_at_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 LABELS = ["Support Devices", "Pleural Effusion", "Cardiomegaly", "Edema"]
@@ -93,17 +94,7 @@ def test_interrupted_run_resumes_to_the_same_result(trained):
     uninterrupted = main(common_args(root, "run3", n_bootstrap=0) + args)
     assert len(uninterrupted["history"]["stage1"]) == 24  # 240 training rows / 32 = 8 steps (last one short)
 
-    def kill_at_19(self, loop, step):
-        if step == 19:
-            raise KeyboardInterrupt("simulated kill")
-
-    original = HeadGridObjective.on_step_end
-    HeadGridObjective.on_step_end = kill_at_19
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            main(common_args(root, "run4", n_bootstrap=0) + args)
-    finally:
-        HeadGridObjective.on_step_end = original
+    run_killed_at_step(HeadGridObjective, 19, main, common_args(root, "run4", n_bootstrap=0) + args)
     stage1 = root / "run4" / "stage1" / "checkpoints"
     assert sorted(p.name for p in stage1.iterdir()) == ["checkpoint_2", "checkpoint_3"]  # steps 12, 16 (limit 2)
     resumed = main(common_args(root, "run4", n_bootstrap=0) + args)

@@ -16,6 +16,7 @@ from cxrfm.training.transfer_detection import PAPER_IOU_THRESHOLDS, mean_average
 from cxrfm.training.transfer_detection import main as detection_main
 from cxrfm.training.transfer_segmentation import dice_from_counts
 from cxrfm.training.transfer_segmentation import main as segmentation_main
+from recipe_interrupt import run_killed_at_step
 
 PHANTOM = ["--phantom_num_images", "200", "--image_size", "64", "--batch_size", "16", "--n_bootstrap", "50"]
 
@@ -181,8 +182,7 @@ def test_shipped_configs_parse(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["segmentation", "detection"])
-def test_interrupted_run_with_augmentation_resumes_to_the_same_losses(protocol, mgca_resnet_folder, tmp_path,
-                                                                      monkeypatch):
+def test_interrupted_run_with_augmentation_resumes_to_the_same_losses(protocol, mgca_resnet_folder, tmp_path):
     """Killed at step 7 of 12 (epoch 2 of 3, checkpoints every 2 steps), the rerun restores the epoch the
     augmentations are drawn from, skips the batches already seen and repeats the uninterrupted per-step losses."""
     from cxrfm.training.transfer_detection import DetectionObjective
@@ -201,14 +201,7 @@ def test_interrupted_run_with_augmentation_resumes_to_the_same_losses(protocol, 
     full = _results(tmp_path / "full")["history"]
     assert [record["step"] for record in full] == list(range(1, 13))  # 32 training images / 8 = 4 steps per epoch
 
-    def crash(self, loop, step):
-        if step == 7:
-            raise KeyboardInterrupt("simulated kill")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(objective, "on_step_end", crash, raising=False)
-        with pytest.raises(KeyboardInterrupt):
-            main(argv("cut"))
+    run_killed_at_step(objective, 7, main, argv("cut"))
     main(argv("cut"))
     resumed = _results(tmp_path / "cut")
     expected = {record["step"]: record for record in full}
