@@ -241,15 +241,9 @@ def compute_losses(model, batch: dict, args: FinetuneCLIPArguments, rank: int) -
     return contrastive_step(model, batch, args, rank)[0]
 
 
-def _base_model(model) -> RelaxedCLIPModel:
-    """The RelaxedCLIPModel inside an (unwrapped) PEFT model, or the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 class ContrastiveObjective(Objective):
     """CLIP / SLIP / UniCLIP (relaxed or not) for `TrainingLoop`. `contrastive(model, batch)` returns
-    `(terms, image_embeds, text_embeds)` so that another objective (CXR-CML) can add terms on the same embeddings.
-    """
+    `(terms, image_embeds, text_embeds)` so that another objective (CXR-CML) can add terms on the same embeddings."""
 
     def __init__(self, args: FinetuneCLIPArguments, accelerator):
         self.args, self.accelerator = args, accelerator
