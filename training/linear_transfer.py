@@ -203,7 +203,7 @@ def run(args: LinearTransferArguments) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(
         {"args": asdict(args), "image_processor": processor.to_dict(), "results": {str(k): v for k, v in results.items()}},
-        indent=2, default=str,
+        indent=2,
     ))
     return results
 
